@@ -1,0 +1,17 @@
+"""Shared fixtures: the real clips folder and small helpers."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_CLIPS = Path(os.environ.get("ZXVAD_REAL_CLIPS", ROOT.parent / "shared" / "data" / "real-clips"))
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> Path:
+    """The recorded test footage; skipped (with the reason) outside this project's setup."""
+    if not REAL_CLIPS.is_dir():
+        pytest.skip(f"real clips not found at {REAL_CLIPS} (set ZXVAD_REAL_CLIPS)")
+    return REAL_CLIPS

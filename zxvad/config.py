@@ -1,0 +1,304 @@
+"""Run configuration: dataclasses with YAML presets and typed ``--set a.b=value`` overrides.
+
+Every weight, size and path of a run lives here and nowhere else. A config is made from a
+packaged preset (``paper``, ``demo``) or a YAML file, then overridden key by key. Every error
+is a :class:`ConfigError` whose message is one line naming the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line that names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """G, D, N and R. ``width`` is G's first U-Net level (64 in the paper)."""
+
+    image_size: int = 256  # square frames, H = W
+    frames: int = 4  # T: G sees T frames and predicts frame T+1
+    width: int = 64  # U-Net levels are width, 2w, 4w, 8w
+    memory_items: int = 2000  # K
+    memory_dim: int = 512  # Q; must equal 8 * width (G's bottleneck channels)
+    shrink_threshold: float = 0.0005  # lambda of the hard shrinkage
+    disc_width: int = 64  # first PatchGAN level of D and N
+    disc_layers: int = 3
+    backbone: str = "resnet50"  # R, untrained
+    backbone_seed: int = 0  # R's random init; a checkpoint records it
+    mask_threshold: float = 0.1  # varsigma
+
+
+@dataclass
+class LossConfig:
+    """Weights of eq. (1) (G) and eq. (6) (N); names follow DESIGN.md section 1."""
+
+    alpha_D: float = 0.05
+    alpha_N: float = 0.5
+    alpha_n: float = 1.0
+    alpha_m: float = 0.01
+    alpha_aa: float = 1.0
+    alpha_raa: float = 1.0
+    mem_weight: float = 0.0025
+    arcface_margin: float = 28.6  # degrees
+    arcface_scale: float = 64.0
+
+
+@dataclass
+class DataConfig:
+    """Where G's clips and O's donor frames come from (shard dirs, manifests or s3:// prefixes)."""
+
+    train_shards: str = ""  # G's videos
+    donor_shards: str = ""  # O's donors; empty means the same set as train_shards
+    fraction: float = 1.0  # stable prefix of the training shards (see shards.format)
+    frame_stride: int = 1
+    shuffle_buffer: int = 256
+    loader_threads: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Ray Train run."""
+
+    batch_size: int = 8  # per worker
+    steps: int = 5000
+    lr_g: float = 2e-4
+    lr_d: float = 2e-5
+    lr_n: float = 2e-5
+    beta1: float = 0.5
+    beta2: float = 0.999
+    amp: bool = False  # CUDA only
+    seed: int = 0
+    num_workers: int = 1
+    use_gpu: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_failures: int = 3
+    storage_path: str = "ray_results"  # local folder or s3://bucket/prefix
+    s3_endpoint: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Zero-shot evaluation on target test sets (name -> test shards)."""
+
+    targets: dict[str, str] = field(default_factory=dict)
+    eval_every: int = 1000  # 0 = only at the end
+    batch_size: int = 16
+    plots: bool = True
+    top_frames: int = 4  # difference maps for this many highest-scoring frames
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow; an empty tracking_uri means MLFLOW_TRACKING_URI or sqlite:///mlflow.db."""
+
+    experiment: str = "zxvad"
+    run_name: str = ""
+    tracking_uri: str = ""
+    on_unreachable: str = "fail"  # fail | local
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.width": 64, ...}``: the form used for MLflow params and sweeps."""
+        out: dict[str, Any] = {}
+        for section, values in self.to_dict().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass field's type; ints widen to floats, nothing else."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    elif origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if isinstance(value, dict):
+            return {_coerce(f"{key}.{k}", k, key_type): _coerce(f"{key}.{k}", v, value_type)
+                    for k, v in value.items()}
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+    else:  # pragma: no cover - only the types above are used
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"config key '{key}': expected {name}, got {value!r}")
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _validate(cfg: Config) -> Config:
+    """Cross-field checks; each failure names its key."""
+    m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
+    checks = [
+        ("model.image_size", m.image_size >= 32 and m.image_size % 16 == 0,
+         "must be a multiple of 16 and at least 32 (four 2x poolings in G)"),
+        ("model.frames", m.frames >= 1, "must be at least 1"),
+        ("model.width", m.width >= 1, "must be positive"),
+        ("model.memory_items", m.memory_items >= 1, "must be positive"),
+        ("model.memory_dim", m.memory_dim == 8 * m.width,
+         f"must equal 8 * model.width = {8 * m.width} (G's bottleneck channels)"),
+        ("model.shrink_threshold", 0 <= m.shrink_threshold < 1, "must lie in [0, 1)"),
+        ("model.backbone", m.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}"),
+        ("model.mask_threshold", 0 <= m.mask_threshold < 1, "must lie in [0, 1)"),
+        ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
+        ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
+        ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
+        ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
+        ("train.steps", t.steps >= 1, "must be at least 1"),
+        ("train.num_workers", t.num_workers >= 1, "must be at least 1"),
+        ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
+        ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
+        ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
+        ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
+        ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
+        ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
+         "must be 'fail' or 'local'"),
+    ]
+    for name, value in cfg.loss.__dict__.items():
+        checks.append((f"loss.{name}", value >= 0, "must be 0 or more"))
+    for key, ok, why in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+    return cfg
+
+
+def from_dict(raw: dict[str, Any] | None, base: Config | None = None) -> Config:
+    """Apply a nested mapping (as read from YAML) on top of ``base`` (the defaults)."""
+    cfg = base if base is not None else Config()
+    cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
+                                      for f in dataclasses.fields(cfg)})
+    for section, values in (raw or {}).items():
+        if section not in {f.name for f in dataclasses.fields(Config)}:
+            raise ConfigError(f"config key '{section}': unknown section "
+                              f"(known: {', '.join(f.name for f in dataclasses.fields(Config))})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config key '{section}': expected a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            set_value(cfg, f"{section}.{key}", value)
+    return cfg
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set one ``section.key`` with a type check (no cross-field validation)."""
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"config key '{dotted}': expected section.key, e.g. train.steps")
+    section_name, key = parts
+    section = getattr(cfg, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        raise ConfigError(f"config key '{dotted}': unknown section '{section_name}'")
+    types_ = _section_types(type(section))
+    if key not in types_:
+        raise ConfigError(f"config key '{dotted}': unknown key (known in {section_name}: "
+                          f"{', '.join(types_)})")
+    setattr(section, key, _coerce(dotted, value, types_[key]))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"loss.alpha_N=0"`` -> ``("loss.alpha_N", 0)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A preset name or a YAML path, then ``key=value`` overrides, then validation."""
+    raw: dict[str, Any] = {}
+    if name_or_path:
+        path = Path(name_or_path)
+        if not path.suffix and (PRESET_DIR / f"{name_or_path}.yaml").exists():
+            path = PRESET_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(f"config '{name_or_path}': no such file or preset "
+                              f"(presets: {', '.join(preset_names())})")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config '{path}': not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config '{path}': expected a mapping of sections")
+        raw = dict(raw)
+        parent = raw.pop("base", None)  # a YAML file may start from a preset
+        cfg = from_dict(raw, load(parent) if parent else None)
+    else:
+        cfg = Config()
+    for text in overrides:
+        key, value = parse_override(text)
+        set_value(cfg, key, value)
+    return _validate(cfg)
+
+
+def from_yaml_text(text: str) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_yaml` (e.g. from a checkpoint)."""
+    return _validate(from_dict(yaml.safe_load(text)))
+
+
+def add_arguments(parser: Any) -> None:
+    """The ``--config`` / ``--set`` pair every command shares."""
+    parser.add_argument("--config", default="demo",
+                        help=f"preset ({', '.join(preset_names())}) or YAML file (default: demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set loss.alpha_N=0 (repeatable)")
