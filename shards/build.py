@@ -1,0 +1,454 @@
+"""``python -m shards.build``: WebDataset shards of any dataset, in a local folder or on S3.
+
+Data flow: the dataset's reader lists videos -> each video is decoded, resized and cut into
+clips, and each clip encoded (VP9 or MJPEG in Matroska) in a worker process or Ray task ->
+the parent spools the clips per hash bucket -> shuffles a finished bucket (training sets) or
+keeps video order (test sets) -> writes ``PREFIX-%06d.tar`` + DALI index -> ``manifest.json``.
+
+Training sets: a video belongs to fraction ``f`` when ``video_hash(id) < f``; buckets end at
+``FRACTION_CUTS`` and are written in hash order, so every cut fraction is a prefix of the shard
+list. Test sets: clips of one video overlap by ``overlap`` (= T) frames, so a model that sees T
+frames predicts every frame from T on exactly once; the last clip may be shorter.
+
+Example::
+
+    python -m shards.build ucf101 --root /data/UCF101 --out s3://bucket/ucf101 --workers 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from shards import readers
+from shards.encode import DEFAULT_FPS, encode_clip, resize_frame
+from shards.format import (CODECS, FORMAT_VERSION, FRACTION_CUTS, SHARD_PATTERN, VIDEO_EXT, ClipMeta,
+                           sample_key, video_hash)
+from shards.writer import BuildError, BuildState, Spool, open_sink, plan_shards, write_shard
+
+MAX_SAMPLES = 1000
+MAX_BYTES = 256 * 2**20
+
+
+# ------------------------------------------------------------------------------- one video
+
+def encode_video(task: tuple[Any, int, dict[str, Any]]) -> dict[str, Any]:
+    """Decode, resize, cut and encode one video (runs in a worker process or a Ray task).
+
+    Args:
+        task: ``(video, position, options)``: a ``readers.Video``, its place in the listing, and
+            the build options (dataset, split, clip_len, overlap, size, codec).
+
+    Returns:
+        ``{"video_id", "position", "clips": [(key, meta_json, mkv_bytes, frames)], "skipped",
+        "error", "frames_decoded", "source"}``; ``skipped`` is the reason a video was left out
+        (unreadable, too short), ``error`` a fault that must stop the build (labels that do not
+        match the frames).
+    """
+    video, position, opt = task
+    clip_len, codec, size = opt["clip_len"], opt["codec"], tuple(opt["size"])
+    keep = opt["overlap"] if opt["split"] == "test" else 0  # frames shared with the next clip
+    result = {"video_id": video.video_id, "position": position, "clips": [], "skipped": None,
+              "error": None, "frames_decoded": 0, "source": _source_name(video)}
+    spans: list[tuple[int, int, bytes]] = []  # (first frame, frames, mkv)
+    buffer: list = []
+    first, n, orig_size = 0, 0, [0, 0]
+    try:
+        info = readers.probe(video)
+        fps = float(info.fps) if info.fps and info.fps > 0 else DEFAULT_FPS
+        for rgb in readers.read_frames(video):
+            if n == 0:
+                orig_size = list(rgb.shape[:2])
+            buffer.append(resize_frame(rgb, size, codec))
+            n += 1
+            if len(buffer) == clip_len:
+                spans.append((first, clip_len, encode_clip(buffer, codec, fps)))
+                buffer = buffer[clip_len - keep:] if keep else []
+                first = n - len(buffer)
+        if keep and len(buffer) > keep:  # test sets: a shorter last clip for the frames left
+            spans.append((first, len(buffer), encode_clip(buffer, codec, fps)))
+    except Exception as e:  # noqa: BLE001 - any unreadable input is skipped with its reason
+        result["skipped"] = _one_line(e)
+        return result
+    result["frames_decoded"] = n
+    try:
+        readers.check_labels(video, n)
+    except readers.ReaderError as e:
+        result["error"] = str(e)
+        return result
+    if not spans:
+        need = clip_len if not keep else keep + 1
+        result["skipped"] = f"{n} frames, fewer than the {need} a clip needs" if n else "no frames decoded"
+        return result
+    labels = np.asarray(video.labels).astype(int).tolist() if video.labels is not None else None
+    for i, (start, count, data) in enumerate(spans):
+        meta = ClipMeta(dataset=opt["dataset"], video_id=video.video_id, first_frame=start,
+                        num_frames=count, fps=fps, orig_size=orig_size, size=list(size),
+                        split=opt["split"], codec=codec, label_class=video.label_class or "",
+                        labels=labels[start:start + count] if labels is not None else [],
+                        video_frames=n, last_clip=opt["split"] == "test" and i == len(spans) - 1)
+        key = sample_key(opt["dataset"], video.video_id, start)
+        result["clips"].append((key, meta.to_json(), data, count))
+    return result
+
+
+def _input_bytes(video) -> int:
+    """The size of a video's file(s): a cheap guess at how long it takes to encode."""
+    try:
+        if isinstance(video.source, (list, tuple)):
+            return len(video.source) * (os.path.getsize(video.source[0]) if video.source else 0)
+        return os.path.getsize(video.source)
+    except OSError:
+        return 0
+
+
+def _source_name(video) -> str:
+    source = video.source
+    if isinstance(source, (list, tuple)):
+        return str(Path(source[0]).parent) if source else video.video_id
+    return str(source)
+
+
+def _one_line(error: Exception) -> str:
+    text = (str(error).strip().splitlines() or [""])[0][:300]
+    return text if isinstance(error, readers.ReaderError) and text else f"{type(error).__name__}: {text}"
+
+
+# ------------------------------------------------------------------------------- executors
+
+def _run_local(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
+    if workers == 1:
+        yield from map(encode_video, tasks)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap_unordered(encode_video, tasks, chunksize=1)
+
+
+def _run_ray(tasks: list) -> Iterator[dict[str, Any]]:
+    """Fan the videos out as Ray tasks (a local Ray, or the cluster at RAY_ADDRESS)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    remote = ray.remote(num_cpus=1, max_retries=2)(encode_video)
+    window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))  # bounds results held in the store
+    pending, queue = [], list(reversed(tasks))
+    while pending or queue:
+        while queue and len(pending) < window:
+            pending.append(remote.remote(queue.pop()))
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+# ------------------------------------------------------------------------------------ build
+
+def bucket_of(hash_value: float, split: str) -> int:
+    """Training sets: the FRACTION_CUTS interval holding the hash; test sets: one bucket."""
+    return bisect.bisect_right(FRACTION_CUTS, hash_value) if split == "train" else 0
+
+
+def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "train", clip_len: int = 16,
+          overlap: int = 4, size: tuple[int, int] = (256, 256), codec: str = "vp9", fraction: float = 1.0,
+          workers: int = 1, seed: int = 0, max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
+          prefix: str | None = None, use_ray: bool = False, progress: bool = True, list_split: int = 1,
+          work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Shard a dataset split into ``out`` (a folder or ``s3://bucket/prefix``); resumable.
+
+    Args:
+        dataset: a name in ``readers.DATASETS``.
+        root: the dataset's folder.
+        out: the output folder or ``s3://bucket/prefix``.
+        split: ``"train"`` (shuffled, nested fractions) or ``"test"`` (video order, overlapping).
+        clip_len: frames per clip.
+        overlap: frames shared by consecutive test clips (T of the model).
+        size: ``(H, W)`` of the stored frames, both even.
+        codec: ``"vp9"`` or ``"mjpeg"``.
+        fraction: keep the videos whose id-hash is below it.
+        workers: encoding processes (ignored with ``use_ray``).
+        seed: the training-set shuffle.
+        max_samples: clips per shard at most.
+        max_bytes: bytes per shard, about (a single larger clip still gets its own shard).
+        prefix: shard names ``PREFIX-%06d.tar``; default ``DATASET-SPLIT``.
+        use_ray: encode videos as Ray tasks.
+        progress: show a progress bar.
+        list_split: the dataset's official split list where it has several (UCF101, HMDB51).
+        work_dir: for S3 outputs, where the staging files and resume state live.
+
+    Returns:
+        The manifest (as written to ``manifest.json``) plus ``"run"``: statistics of this run.
+
+    Raises:
+        BuildError: bad options, a missing root or unknown layout, an unwritable output, S3
+            errors, or labels that do not match a video's frames.
+    """
+    started = time.time()
+    size = _check_options(dataset, split, clip_len, overlap, size, codec, fraction, workers,
+                          max_samples, max_bytes)
+    prefix = prefix or f"{dataset}-{split}"
+    listing_skipped: list[tuple[str, str]] = []  # listed but missing or empty
+    try:
+        videos = readers.list_videos(dataset, root, split, list_split=list_split, skipped=listing_skipped)
+    except readers.ReaderError as e:
+        raise BuildError(str(e)) from None
+    tasks = _plan_tasks(dataset, videos, split, fraction)
+    if not tasks:
+        raise BuildError(f"fraction {fraction}: none of the {len(videos)} videos under {root} falls below it")
+    options = {"root": str(Path(root).resolve()), "list_split": list_split, "clip_len": clip_len,
+               "overlap": overlap, "size": list(size), "codec": codec, "fraction": fraction, "seed": seed,
+               "max_samples": max_samples, "max_bytes": max_bytes, "prefix": prefix, "video_ext": VIDEO_EXT}
+    header = {"format_version": FORMAT_VERSION, "dataset": dataset, "split": split, "options": options}
+    sink = open_sink(out, work_dir)
+    run = {"seconds": 0.0, "frames_decoded": 0, "frames_per_second": 0.0, "resumed": False,
+           "aborted_uploads": getattr(sink, "aborted", 0)}
+
+    state, finished = _open_state(sink, header, prefix)
+    if finished is not None:  # built before with the same options: nothing to do
+        return {**finished, "run": {**run, "resumed": True}}
+    run["resumed"] = state.resumed
+
+    buckets = sorted({bucket_of(h, split) for _, h in tasks} | {int(b) for b in state.buckets_done})
+    spools = {b: Spool(sink.work / f"bucket-{b:02d}") for b in buckets if not state.bucket_done(b)}
+    todo: dict[int, list] = {b: [] for b in spools}
+    for (video, position), h in tasks:
+        b = bucket_of(h, split)
+        if b in spools and video.video_id not in spools[b].records:
+            todo[b].append(video)
+    remaining = {b: len(todo[b]) for b in spools}
+    hashes = {video.video_id: h for (video, _), h in tasks}
+    positions = {video.video_id: position for (video, position), _ in tasks}
+    opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap,
+           "size": list(size), "codec": codec}
+    # Buckets in hash order (they finish, and get written, in turn); in each, the longest videos
+    # first, so that no worker is left with a long one at the end while the others idle.
+    work = [(v, positions[v.video_id], opt) for b in sorted(todo)
+            for v in sorted(todo[b], key=_input_bytes, reverse=True)]
+
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(work), unit="video", disable=not progress,
+               desc=f"{dataset}-{split}", dynamic_ncols=True)
+    results = _run_ray(work) if use_ray else _run_local(work, workers)
+    try:
+        pending = sorted(spools)
+        pending = _flush_buckets(pending, remaining, spools, state, sink, split, seed, prefix,
+                                 max_samples, max_bytes)
+        for result in results:
+            if result["error"]:
+                raise BuildError(result["error"])
+            vid = result["video_id"]
+            b = bucket_of(hashes[vid], split)
+            spools[b].append(vid, result["position"], hashes[vid], result["clips"], result["skipped"],
+                             result["frames_decoded"], result["source"])
+            remaining[b] -= 1
+            run["frames_decoded"] += result["frames_decoded"]
+            bar.update(1)
+            bar.set_postfix(fps=f"{run['frames_decoded'] / max(time.time() - started, 1e-9):.0f}")
+            pending = _flush_buckets(pending, remaining, spools, state, sink, split, seed, prefix,
+                                     max_samples, max_bytes)
+    finally:
+        bar.close()
+        if hasattr(results, "close"):
+            results.close()  # stops the worker pool when the loop ends early
+        for spool in spools.values():
+            spool.close()
+    if pending:
+        raise BuildError(f"{sink}: buckets {pending} did not finish")  # a worker result went missing
+
+    manifest = _manifest(header, state, listing_skipped)
+    sink.write_manifest(manifest)
+    sink.cleanup(prefix, {s["name"] for s in manifest["shards"]})
+    run["seconds"] = time.time() - started
+    run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
+    return {**manifest, "run": run}
+
+
+def _open_state(sink, header: dict[str, Any], prefix: str) -> tuple[BuildState, dict[str, Any] | None]:
+    """The progress journal of this build, or the manifest of an identical finished one."""
+    existing = sink.read_manifest()
+    state_path = sink.work / "state.json"
+    if existing is not None and not state_path.exists():
+        if {k: existing.get(k) for k in header} != header:
+            raise BuildError(f"{sink}: already holds a shard set built with other options; "
+                             "choose another --out or remove it")
+        sink.cleanup(prefix, {s["name"] for s in existing["shards"]})
+        return BuildState(state_path, header), existing
+    sink.work.mkdir(parents=True, exist_ok=True)
+    state = BuildState(state_path, header)
+    for entry in state.shards:
+        if not sink.has(entry):
+            raise BuildError(f"{sink}: {entry['name']} was written by the interrupted build but is now "
+                             f"missing or changed; remove {sink.work} to start over")
+    return state, None
+
+
+def _manifest(header: dict[str, Any], state: BuildState,
+              listing_skipped: list[tuple[str, str]]) -> dict[str, Any]:
+    shards = state.manifest_shards()
+    skipped = [{"input": str(path), "reason": reason} for path, reason in listing_skipped] + state.skipped()
+    totals = {"videos": state.videos(), "clips": sum(s["samples"] for s in shards),
+              "frames": sum(s["frames"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
+              "skipped": len(skipped), "shards": len(shards)}
+    return {**header, "shards": shards, "skipped": skipped, "totals": totals}
+
+
+def _check_options(dataset, split, clip_len, overlap, size, codec, fraction, workers, max_samples,
+                   max_bytes) -> tuple[int, int]:
+    if dataset not in readers.DATASETS:
+        raise BuildError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(readers.DATASETS))})")
+    if split not in ("train", "test"):
+        raise BuildError(f"split {split!r}: expected train or test")
+    if codec not in CODECS:
+        raise BuildError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
+    if isinstance(size, (int, str)):
+        size = parse_size(str(size))
+    size = tuple(int(x) for x in size)
+    if len(size) != 2 or min(size) < 2 or any(x % 2 for x in size):
+        raise BuildError(f"size {size!r}: expected two even numbers >= 2 (H, W)")
+    checks = [("clip_len", clip_len, clip_len >= 2, "at least 2"),
+              ("overlap", overlap, split == "train" or 0 <= overlap < clip_len, "in [0, clip_len)"),
+              ("fraction", fraction, 0 < fraction <= 1, "in (0, 1]"),
+              ("workers", workers, workers >= 1, "at least 1"),
+              ("max_samples", max_samples, max_samples >= 1, "at least 1"),
+              ("max_bytes", max_bytes, max_bytes >= 1, "at least 1")]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise BuildError(f"{name} {value!r}: expected {expected}")
+    return size  # type: ignore[return-value]
+
+
+def _plan_tasks(dataset: str, videos: list, split: str,
+                fraction: float) -> list[tuple[tuple[Any, int], float]]:
+    """``((video, position), hash)`` of the videos in the fraction: by hash (train) or listing (test)."""
+    seen: dict[str, str] = {}
+    tasks = []
+    for position, video in enumerate(videos):
+        key = sample_key(dataset, video.video_id, 0)
+        if key in seen:
+            raise BuildError(f"videos {seen[key]!r} and {video.video_id!r} map to the same sample key")
+        seen[key] = video.video_id
+        h = video_hash(video.video_id)
+        if h < fraction:
+            tasks.append(((video, position), h))
+    if split == "train":
+        tasks.sort(key=lambda t: (t[1], t[0][0].video_id))
+    return tasks
+
+
+def _flush_buckets(pending: list[int], remaining: dict[int, int], spools: dict[int, Spool],
+                   state: BuildState, sink, split: str, seed: int, prefix: str, max_samples: int,
+                   max_bytes: int) -> list[int]:
+    """Write the shards of every leading bucket whose videos are all spooled; return the rest."""
+    while pending and remaining[pending[0]] == 0:
+        b = pending.pop(0)
+        spool = spools[b]
+        clips = spool.clips()
+        if split == "train":  # the same seed gives the same clip-to-shard assignment on a re-run
+            clips.sort(key=lambda c: c.key)
+            order = np.random.default_rng([seed, b]).permutation(len(clips))
+            clips = [clips[i] for i in order]
+        else:
+            clips.sort(key=lambda c: c.order)
+        done = state.done_keys(b)
+        clips = [c for c in clips if c.key not in done]
+        for group in plan_shards(clips, max_samples, max_bytes):
+            name = SHARD_PATTERN.format(prefix=prefix, index=len(state.shards))
+            entry = write_shard(sink.staging, name, group, spool)
+            sink.publish(name)
+            state.add_shard(entry, b, [c.key for c in group])
+        state.finish_bucket(b, spool.videos(), spool.skipped())
+        spool.remove()
+    return pending
+
+
+# -------------------------------------------------------------------------------------- CLI
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"128x160"`` -> ``(128, 160)`` (H x W); ``"64"`` -> ``(64, 64)``."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise BuildError(f"size {text!r}: expected HxW, e.g. 256x256") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 2 or any(v % 2 for v in values):
+        raise BuildError(f"size {text!r}: expected HxW with two even numbers >= 2, e.g. 256x256")
+    return values[0], values[1]
+
+
+def parse_bytes(text: str) -> int:
+    """``"512MB"`` -> 536870912; plain numbers are bytes."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, KeyError):
+        raise BuildError(f"--max-bytes {text!r}: expected a size such as 500000000 or 512MB") from None
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """The lines the CLI prints after a build."""
+    t, run = manifest["totals"], manifest.get("run", {})
+    lines = [f"{t['shards']} shards, {t['videos']} videos, {t['clips']} clips, {t['frames']} frames, "
+             f"{t['bytes'] / 2**20:.1f} MiB ({t['bytes'] / max(t['frames'], 1):.0f} bytes/frame), "
+             f"{t['skipped']} skipped",
+             f"{run.get('frames_decoded', 0)} frames decoded in {run.get('seconds', 0):.1f} s: "
+             f"{run.get('frames_per_second', 0):.1f} frames/s"
+             + (" (resumed)" if run.get("resumed") else "")]
+    lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"]]
+    return "\n".join(lines)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", metavar="DATASET", help="one of: " + ", ".join(sorted(readers.DATASETS)))
+    p.add_argument("--root", required=True, help="the dataset's folder")
+    p.add_argument("--out", required=True, help="output folder or s3://BUCKET/PREFIX")
+    p.add_argument("--split", default="train", choices=("train", "test"))
+    p.add_argument("--clip-len", type=int, default=16, help="frames per clip")
+    p.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive test clips (T)")
+    p.add_argument("--size", default="256x256", help="stored frame size HxW (even numbers)")
+    p.add_argument("--codec", default="vp9", help="vp9 (compact) or mjpeg (fast to decode)")
+    p.add_argument("--fraction", type=float, default=1.0, help="keep videos whose id-hash is below it")
+    p.add_argument("--workers", type=int, default=1, help="encoding processes")
+    p.add_argument("--ray", action="store_true", help="encode as Ray tasks (local Ray or RAY_ADDRESS)")
+    p.add_argument("--seed", type=int, default=0, help="training-set shuffle")
+    p.add_argument("--max-samples", type=int, default=MAX_SAMPLES, help="clips per shard at most")
+    p.add_argument("--max-bytes", default=str(MAX_BYTES), help="bytes per shard, about (e.g. 512MB)")
+    p.add_argument("--prefix", default=None, help="shard name prefix (default: DATASET-SPLIT)")
+    p.add_argument("--list-split", type=int, default=1, help="official split list (UCF101, HMDB51)")
+    p.add_argument("--work-dir", default=None, help="S3 outputs: local staging and resume state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        manifest = build(args.dataset, args.root, args.out, split=args.split, clip_len=args.clip_len,
+                         overlap=args.overlap, size=parse_size(args.size), codec=args.codec,
+                         fraction=args.fraction, workers=args.workers, seed=args.seed,
+                         max_samples=args.max_samples, max_bytes=parse_bytes(args.max_bytes),
+                         prefix=args.prefix, use_ray=args.ray, progress=not args.quiet,
+                         list_split=args.list_split, work_dir=args.work_dir)
+    except (BuildError, readers.ReaderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to finish the build", file=sys.stderr)
+        return 130
+    print(summary(manifest))
+    print(f"wrote {args.out.rstrip('/')}/manifest.json")
+    if manifest["totals"]["clips"] == 0:
+        skipped = manifest["totals"]["skipped"]
+        print(f"error: no clips written ({skipped} inputs skipped, see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""zxvad.data: DALI loaders on tiny shards whose frames carry their own index.
+
+Every frame is split in two flat halves: the left half's gray level is 8 * (frame index in its
+video), the right half's is 40 + 24 * (video number). Both survive lossy coding and resizing to
+within a few levels, so a batch tells which video and which frames it holds.
+"""
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from shards.encode import encode_clip
+from shards.format import ClipMeta, index_name, sample_key, video_hash
+from shards.writer import write_tar
+from zxvad.data import (ClipLoader, DonorLoader, EvalLoader, ShardError, iterate_videos,
+                        prediction_windows, resolve_shards)
+
+SIZE = (32, 32)
+
+
+def pattern(video: int, frames: range, size=SIZE) -> np.ndarray:
+    h, w = size
+    out = np.zeros((len(frames), h, w, 3), np.uint8)
+    for i, index in enumerate(frames):
+        out[i, :, : w // 2] = 8 * index
+        out[i, :, w // 2:] = 40 + 24 * video
+    return out
+
+
+def read_pattern(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., 3, H, W) in [-1, 1] -> (frame index, video number), both (...)."""
+    h, w = x.shape[-2:]
+    level = (x[..., 0, h // 2, :] + 1) * 127.5
+    return (level[..., w // 4] / 8).round().long(), ((level[..., 3 * w // 4] - 40) / 24).round().long()
+
+
+def label_of(video: int, index: int) -> int:
+    return int(index % 7 >= 4 + video % 2)
+
+
+def write_set(out: Path, clips: list[tuple[ClipMeta, bytes]], per_shard: int) -> Path:
+    """Tars, indexes and a manifest through shards.writer (the builder's writer)."""
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for n, start in enumerate(range(0, len(clips), per_shard)):
+        name = f"clips-{n:06d}.tar"
+        chunk = clips[start:start + per_shard]
+        samples = [(sample_key(m.dataset, m.video_id, m.first_frame), [("mkv", data), ("json", m.to_json())])
+                   for m, data in chunk]
+        (out / index_name(name)).write_text(write_tar(out / name, samples))
+        entries.append({"name": name, "samples": len(chunk), "hash_max": (n + 1) / 10})
+    (out / "manifest.json").write_text(json.dumps({"dataset": "pattern", "shards": entries}))
+    return out
+
+
+def frame_folders(root: Path, lengths: list[int], labelled: bool) -> Path:
+    """Videos as PNG frame folders ``root/v<N>/`` (lossless), with ``v<N>.npy`` labels if asked."""
+    from PIL import Image
+
+    for video, n in enumerate(lengths):
+        folder = root / f"v{video}"
+        folder.mkdir(parents=True)
+        for i, frame in enumerate(pattern(video, range(n))):
+            Image.fromarray(frame).save(folder / f"{i:04d}.png")
+        if labelled:
+            np.save(root / f"v{video}.npy", np.array([label_of(video, i) for i in range(n)], np.uint8))
+    return root
+
+
+def built_set(tmp: Path, lengths: list[int], split: str, codec: str, **options) -> Path:
+    """Shards written by the builder (shards.build, the format's one writer)."""
+    from shards.build import build
+
+    root = frame_folders(tmp / "videos", lengths, labelled=split == "test")
+    build("videofolder", root, tmp / "shards", split=split, size=SIZE, codec=codec, progress=False,
+          max_samples=3, prefix="clips", **options)
+    return tmp / "shards"
+
+
+TRAIN_VIDEOS = 8
+
+
+@pytest.fixture(scope="module")
+def train_set(tmp_path_factory) -> Path:
+    # 8 videos of one 12-frame clip each, at most 3 clips per shard.
+    return built_set(tmp_path_factory.mktemp("train"), [12] * TRAIN_VIDEOS, "train", "vp9", clip_len=12)
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory) -> Path:
+    # 3 videos of 11, 7 and 14 frames in clips of 6 overlapping by T=2: 3 + 2 + 3 clips.
+    return built_set(tmp_path_factory.mktemp("test"), [11, 7, 14], "test", "mjpeg", clip_len=6, overlap=2)
+
+
+def test_clip_loader_shapes_range_and_consecutive_frames(train_set):
+    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, frames=5, size=(24, 40),
+                        threads=1, shuffle_buffer=8)
+    assert loader.decoder == "cpu"
+    batches = [batch for batch, _ in zip(loader, range(4))]
+    for x in batches:
+        assert x.shape == (4, 5, 3, 24, 40) and x.dtype == torch.float32 and x.device.type == "cpu"
+        assert x.min() >= -1 and x.max() <= 1
+        index, video = read_pattern(x)
+        assert (index.diff(dim=1) == 1).all(), index  # T+1 consecutive frames
+        assert (index >= 0).all() and (index <= 11).all()
+        assert (video == video[:, :1]).all() and set(video[:, 0].tolist()) <= set(range(8))
+    starts = torch.cat([read_pattern(x)[0][:, 0] for x in batches])
+    assert len(set(starts.tolist())) > 1  # random starts, not always the first frame
+
+
+def test_clip_loader_stride(train_set):
+    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, frames=4, size=SIZE, stride=3,
+                        threads=1, shuffle_buffer=8)
+    x = next(iter(loader))
+    index, _ = read_pattern(x)
+    assert (index.diff(dim=1) == 3).all(), index
+    assert index.max() <= 11
+
+
+def test_two_ranks_see_disjoint_parts_covering_the_set(train_set):
+    shards = resolve_shards(str(train_set))
+    seen = []
+    for rank in range(2):
+        loader = ClipLoader(shards, batch_size=3, frames=2, size=SIZE, shard_id=rank, num_shards=2,
+                            threads=1, seed=5, shuffle_buffer=4)
+        assert loader.steps_per_epoch == 2  # 4 clips per rank, padded to full batches
+        it = iter(loader)
+        videos = torch.cat([read_pattern(next(it))[1][:, 0] for _ in range(loader.steps_per_epoch)])
+        seen.append(set(videos.tolist()))
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == set(range(8))
+
+
+def test_uneven_parts_run_the_same_number_of_steps(train_set):
+    shards = resolve_shards(str(train_set))
+    for rank in range(3):  # 8 clips over 3 ranks: parts of 2, 3 and 3, all padded to 2 batches of 2
+        loader = ClipLoader(shards, batch_size=2, frames=2, size=(8, 8), shard_id=rank, num_shards=3, threads=1)
+        assert (loader.part_size, loader.steps_per_epoch) == ((2, 3, 3)[rank], 2)
+        it = iter(loader)
+        for _ in range(2):
+            next(it)
+        assert loader.epoch == 0
+        next(it)
+        assert loader.epoch == 1  # the third batch opens the next epoch on every rank
+
+
+def test_donor_loader_single_frames(train_set):
+    loader = DonorLoader(resolve_shards(str(train_set)), batch_size=5, size=(16, 16), threads=1,
+                         shuffle_buffer=8)
+    x = next(iter(loader))
+    assert x.shape == (5, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    index, video = read_pattern(x)
+    assert set(index.tolist()) <= set(range(12)) and set(video.tolist()) <= set(range(8))
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3])
+def test_eval_loader_yields_each_scorable_frame_once_with_its_label(test_set, num_shards):
+    shards = resolve_shards(str(test_set))
+    T = 2
+    seen: dict[str, list[int]] = {}
+    for rank in range(num_shards):
+        loader = EvalLoader(shards, size=(16, 24), threads=1, shard_id=rank, num_shards=num_shards,
+                            batch_size=3)  # 8 clips: parts of 8, 4+4 or 2+3+3, padded batches
+        clips = list(loader)
+        assert len(clips) == len(loader)
+        for clip in clips:
+            windows, indices, labels = prediction_windows(clip, T)
+            assert windows.shape == (len(clip.frames) - T, T + 1, 3, 16, 24)
+            frame_index, video = read_pattern(windows)
+            assert (frame_index == indices[:, None] + torch.arange(-T, 1)).all()  # in video order
+            assert (video == int(clip.video_id[1:])).all()
+            assert labels.tolist() == [label_of(int(clip.video_id[1:]), i) for i in indices.tolist()]
+            seen.setdefault(clip.video_id, []).extend(indices.tolist())
+    assert seen == {"v0": list(range(T, 11)), "v1": list(range(T, 7)), "v2": list(range(T, 14))}
+
+
+def test_iterate_videos_groups_windows_in_order(test_set):
+    loader = EvalLoader(resolve_shards(str(test_set)), size=SIZE, threads=1, batch_size=4)
+    grouped = [(vid, torch.cat([idx for _, idx, _ in windows]).tolist()) for vid, windows in iterate_videos(loader, 2)]
+    assert grouped == [("v0", list(range(2, 11))), ("v1", list(range(2, 7))), ("v2", list(range(2, 14)))]
+
+
+def test_fraction_takes_the_manifest_prefix_holding_its_videos(train_set):
+    manifest = json.loads((train_set / "manifest.json").read_text())
+    names = [s["name"] for s in manifest["shards"]]
+    half = resolve_shards(str(train_set), 0.5)
+    assert [Path(p).name for p in half] == names[:len(half)] and 0 < len(half) < len(names)
+    assert len(resolve_shards(str(train_set / "manifest.json"), 1.0)) == len(names)
+    expected = {v for v in range(TRAIN_VIDEOS) if video_hash(f"v{v}") < 0.5}
+    loader = DonorLoader(half, batch_size=len(expected), size=SIZE, threads=1, shuffle_buffer=1)
+    assert loader.part_size == len(expected)
+    assert set(read_pattern(next(iter(loader)))[1].tolist()) == expected
+    lowest = min(video_hash(f"v{v}") for v in range(TRAIN_VIDEOS))
+    with pytest.raises(ShardError, match=f"no shard within fraction {lowest / 2}"):
+        resolve_shards(str(train_set), lowest / 2)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+def test_empty_shard_list_and_missing_manifest(tmp_path):
+    with pytest.raises(ShardError, match="shard list is empty"):
+        ClipLoader([], batch_size=2, frames=2, size=SIZE)
+    with pytest.raises(ShardError, match=f"shards {tmp_path}: no manifest.json .*shards.build"):
+        resolve_shards(str(tmp_path))
+
+
+def test_missing_index_names_shard_and_remedy(train_set, tmp_path):
+    shutil.copytree(train_set, tmp_path / "s")
+    (tmp_path / "s" / "clips-000001.idx").unlink()  # the second shard
+    tar = str(tmp_path / "s" / "clips-000001.tar")
+    with pytest.raises(ShardError, match=rf"shard {tar}: DALI index .*clips-000001.idx is missing; .*wds2idx"):
+        DonorLoader(resolve_shards(str(tmp_path / "s")), batch_size=2, size=SIZE)
+
+
+def test_shard_without_expected_entries(tmp_path):
+    meta = ClipMeta("pattern", "v0", 0, 4, 25.0, list(SIZE), list(SIZE), "train", "vp9")
+    tar = tmp_path / "bad-000000.tar"
+    (tmp_path / "bad-000000.idx").write_text(write_tar(tar, [("a", [("json", meta.to_json())])]))
+    with pytest.raises(ShardError, match=rf"shard {tar}: sample 0 lacks its .mkv entry"):
+        ClipLoader([str(tar)], batch_size=2, frames=2, size=SIZE)
+
+
+def _h264_clip(frames: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def h264_set(tmp_path_factory) -> Path:
+    clips = []
+    for video in range(2):
+        meta = ClipMeta("pattern", f"v{video}", 0, 8, 25.0, list(SIZE), list(SIZE), "train", "h264")
+        clips.append((meta, _h264_clip(pattern(video, range(8)))))
+    return write_set(tmp_path_factory.mktemp("h264"), clips, per_shard=2)
+
+
+def test_h264_on_cpu_names_shard_and_remedy(h264_set):
+    tar = str(h264_set / "clips-000000.tar")
+    with pytest.raises(ShardError, match=rf"shard {tar}: clips are h264, .*CPU decoder.*--codec vp9.*GPU"):
+        ClipLoader(resolve_shards(str(h264_set)), batch_size=2, frames=2, size=SIZE, device="cpu")
+
+
+def test_short_clips_name_the_clip_length(train_set):
+    with pytest.raises(ShardError, match="clips hold 12 frames, fewer than the 13"):
+        ClipLoader(resolve_shards(str(train_set)), batch_size=2, frames=5, stride=3, size=SIZE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA: the 'mixed' (NVDEC) decoder needs a GPU")
+def test_gpu_decodes_with_mixed_backend_including_h264(train_set, h264_set):
+    for shards in (train_set, h264_set):
+        loader = ClipLoader(resolve_shards(str(shards)), batch_size=2, frames=4, size=(24, 24),
+                            device="cuda", threads=1, shuffle_buffer=4)
+        assert loader.decoder == "mixed"
+        x = next(iter(loader))
+        assert x.device.type == "cuda" and x.shape == (2, 4, 3, 24, 24)
+        index, _ = read_pattern(x.cpu())
+        assert (index.diff(dim=1) == 1).all()
+    clips = list(EvalLoader(resolve_shards(str(h264_set)), size=SIZE, device="cuda", threads=1))
+    assert [c.frames.device.type for c in clips] == ["cuda", "cuda"]
+
+
+def test_real_footage_round_trip(real_clips, tmp_path):
+    """Real H.264 and Cinepak sources, sharded as VP9, decode to moving, full-range frames."""
+    from shards.build import build
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in ("carphone.mp4", "tree_window.avi"):
+        (root / name).symlink_to(real_clips / name)
+    build("videofolder", root, tmp_path / "shards", size=(48, 64), clip_len=8, progress=False)
+    loader = ClipLoader(resolve_shards(str(tmp_path / "shards")), batch_size=4, frames=5, size=(48, 64),
+                        threads=1, shuffle_buffer=16)
+    x = next(iter(loader))
+    assert x.shape == (4, 5, 3, 48, 64) and x.min() >= -1 and x.max() <= 1
+    assert x.std() > 0.1  # real content, not a flat frame
+    # Frame alignment: a stored clip matches the source frames it names, better than their neighbours.
+    clip = next(c for c in EvalLoader(resolve_shards(str(tmp_path / "shards")), size=(48, 64), threads=1)
+                if c.video_id == "carphone" and c.first_frame > 0)
+    with av.open(str(real_clips / "carphone.mp4")) as container:
+        source = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    source = torch.from_numpy(np.stack(source)).permute(0, 3, 1, 2).float()
+    source = torch.nn.functional.interpolate(source, size=(48, 64), mode="area") / 127.5 - 1
+    first = clip.first_frame
+    error = [(clip.frames[:4] - source[first + k:first + k + 4]).abs().mean().item() for k in (-1, 0, 1)]
+    assert error[1] < 0.08 and error[1] < min(error[0], error[2]), error

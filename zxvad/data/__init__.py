@@ -1,0 +1,26 @@
+"""Shards to torch batches: DALI loaders for training clips, donor frames and ordered evaluation.
+
+    shards = resolve_shards("out/shards/train", fraction=0.25)
+    clips = ClipLoader(shards, batch_size=8, frames=5, size=(256, 256), shard_id=rank, num_shards=world)
+    donors = DonorLoader(resolve_shards("out/shards/ti"), batch_size=8, size=(256, 256))
+    for x, o in zip(clips, donors): ...        # (B, T+1, 3, H, W), (B, 3, H, W), both in [-1, 1]
+
+    for video_id, windows in iterate_videos(EvalLoader(resolve_shards(test), size=(256, 256)), T=4):
+        for x, frame_index, label in windows: ...
+"""
+
+from zxvad.data.shardset import ShardError, check_shards, resolve_shards
+from zxvad.data.windows import iterate_videos, prediction_windows
+
+
+def __getattr__(name):
+    # The loaders import DALI; keep `import zxvad.data` light for code that only resolves shards.
+    if name in ("ClipLoader", "DonorLoader", "EvalLoader", "EvalClip"):
+        from zxvad.data import pipelines
+
+        return getattr(pipelines, name)
+    raise AttributeError(f"module 'zxvad.data' has no attribute {name!r}")
+
+
+__all__ = ["ShardError", "resolve_shards", "check_shards", "ClipLoader", "DonorLoader", "EvalLoader",
+           "EvalClip", "prediction_windows", "iterate_videos"]

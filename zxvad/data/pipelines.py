@@ -1,0 +1,276 @@
+"""DALI pipelines from shards to torch tensors (DESIGN.md section 5): training clips, donor frames
+for O, and ordered evaluation clips.
+
+    shards (local or s3://) -> fn.readers.webdataset (rank's part, shuffled) -> fn.decoders.video
+    ("mixed" on a GPU, "cpu" otherwise) -> T+1 consecutive frames at a random start -> resize
+    -> float in [-1, 1] -> torch (B, T+1, 3, H, W) on the training device
+
+Every reader pads its part with ``pad_last_batch`` so that all ranks run the same number of steps
+per epoch; the evaluation loader drops those padding duplicates before any clip reaches a metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy, feed_ndarray
+
+from shards.format import META_EXT, VIDEO_EXT, ClipMeta
+from zxvad.data.shardset import ShardError, ShardInfo, check_shards, is_s3
+
+READER = "reader"  # the reader's name, through which iterators learn the epoch size
+
+
+# -- pipeline pieces ---------------------------------------------------------------------------------
+
+def _device(device: str | torch.device) -> tuple[torch.device, int | None]:
+    """The torch device and DALI's ``device_id`` (None: CPU only, no CUDA at all)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ShardError(f"device {device}: CUDA is not available; use device='cpu'")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.device("cuda", index), index
+    return torch.device("cpu"), None
+
+
+def _reader(infos: list[ShardInfo], *, exts: list[str], shard_id: int, num_shards: int,
+            shuffle: bool, seed: int, buffer: int, stick_to_shard: bool = False):
+    shuffle_args = dict(shuffle_after_epoch=True, shuffle_after_epoch_seed=seed % 2**31) if shuffle else {}
+    return fn.readers.webdataset(
+        paths=[i.path for i in infos], index_paths=[i.index_path for i in infos], ext=exts,
+        missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
+        pad_last_batch=True, random_shuffle=shuffle, initial_fill=max(buffer, 1),
+        stick_to_shard=stick_to_shard, **shuffle_args,
+        dont_use_mmap=is_s3(infos[0].path), name=READER)
+
+
+def _random_below(n):
+    """A per-sample random integer in [0, n) for a per-sample DataNode ``n`` >= 1."""
+    draw = fn.cast(fn.random.uniform(range=[0.0, float(2**24)]), dtype=types.INT64)
+    return draw % n
+
+
+def _to_float(frames, layout: str):
+    """uint8 HWC frames -> float in [-1, 1], channels first."""
+    return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, mean=[127.5] * 3, std=[127.5] * 3,
+                                    output_layout=layout)
+
+
+@pipeline_def
+def clip_pipeline(infos, size, span, stride, shard_id, num_shards, shuffle_seed, buffer, decoder):
+    """``span`` consecutive frames (at ``stride``) from a random start inside each clip."""
+    video = _reader(infos, exts=[VIDEO_EXT], shard_id=shard_id, num_shards=num_shards,
+                    shuffle=True, seed=shuffle_seed, buffer=buffer)
+    if stride > 1:  # decode one random phase of the stride, then any start in it is consecutive
+        phase = fn.cast(_random_below(stride), dtype=types.INT32)
+        frames = fn.decoders.video(video, device=decoder, start_frame=phase, stride=stride)
+    else:
+        frames = fn.decoders.video(video, device=decoder)
+    available = frames.shape(device="cpu")[0]
+    start = _random_below(available - span + 1)
+    clip = frames[start:start + span]
+    clip = fn.resize(clip, size=list(size))
+    return _to_float(clip, "FCHW")
+
+
+@pipeline_def
+def donor_pipeline(infos, size, shard_id, num_shards, shuffle_seed, buffer, decoder):
+    """One random frame of each clip."""
+    video = _reader(infos, exts=[VIDEO_EXT], shard_id=shard_id, num_shards=num_shards,
+                    shuffle=True, seed=shuffle_seed, buffer=buffer)
+    frames = fn.decoders.video(video, device=decoder)
+    frame = frames[_random_below(frames.shape(device="cpu")[0])]
+    frame = fn.resize(frame, size=list(size))
+    return _to_float(frame, "CHW")
+
+
+@pipeline_def
+def eval_pipeline(infos, size, shard_id, num_shards, decoder):
+    """Whole clips in stored (video) order, with their metadata."""
+    video, meta = _reader(infos, exts=[VIDEO_EXT, META_EXT], shard_id=shard_id, num_shards=num_shards,
+                          shuffle=False, seed=0, buffer=1, stick_to_shard=True)
+    frames = fn.decoders.video(video, device=decoder)
+    frames = fn.resize(frames, size=list(size))
+    return _to_float(frames, "FCHW"), meta
+
+
+def _part_size(total: int, shard_id: int, num_shards: int) -> int:
+    """Samples of the rank's part: DALI splits the set into contiguous ranges."""
+    return total * (shard_id + 1) // num_shards - total * shard_id // num_shards
+
+
+def _check_rank(shard_id: int, num_shards: int) -> None:
+    if not 0 <= shard_id < num_shards:
+        raise ShardError(f"shard_id {shard_id}: expected 0 <= shard_id < num_shards={num_shards}")
+
+
+# -- the loaders the training loop uses ---------------------------------------------------------------
+
+class _RandomLoader:
+    """What ClipLoader and DonorLoader share: a shuffled, padded DALI pipeline iterated forever."""
+
+    def __init__(self, shards, pipeline, pipe_kwargs, *, batch_size, shard_id, num_shards, seed,
+                 device, threads, shuffle_buffer):
+        _check_rank(shard_id, num_shards)
+        if batch_size < 1:
+            raise ShardError(f"batch_size {batch_size}: expected >= 1")
+        self.device, device_id = _device(device)
+        self.infos = check_shards(list(shards), gpu=device_id is not None)
+        self.batch_size = batch_size
+        self.decoder = "mixed" if device_id is not None else "cpu"  # NVDEC on a GPU
+        self.pipe = pipeline(
+            self.infos, **pipe_kwargs, shard_id=shard_id, num_shards=num_shards, shuffle_seed=seed,
+            buffer=shuffle_buffer, decoder=self.decoder,
+            batch_size=batch_size, num_threads=threads, device_id=device_id,
+            seed=(seed * 7919 + shard_id) % 2**31)  # ranks draw different starts
+        total = sum(i.samples for i in self.infos)
+        self.part_size = _part_size(total, shard_id, num_shards)
+        # pad_last_batch pads every part to the largest one: the same step count on every rank
+        self.steps_per_epoch = math.ceil(math.ceil(total / num_shards) / batch_size)
+        self.epoch = 0
+        self._iterator = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self._iterator is None:
+            self._iterator = DALIGenericIterator([self.pipe], ["x"], reader_name=READER,
+                                                 last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
+        while True:  # forever; the reader reshuffles its shard order at each epoch
+            for batch in self._iterator:
+                yield batch[0]["x"].to(self.device, non_blocking=True)
+            self.epoch += 1
+
+
+class ClipLoader(_RandomLoader):
+    """Training clips ``(B, T+1, 3, H, W)`` in [-1, 1] on ``device``, iterable forever.
+
+    Args:
+        shards: tar paths or s3:// URLs (``resolve_shards``).
+        batch_size: clips per batch (per rank).
+        frames: T+1, consecutive frames per clip.
+        size: (H, W) of the output frames.
+        stride: temporal stride between the frames.
+        shard_id, num_shards: this rank's part of the set (disjoint parts, equal step counts).
+        seed: shuffle and random starts; the shard order reshuffles each epoch from it.
+        device: "cpu" or a CUDA device; CUDA decodes with NVDEC ("mixed").
+        threads: DALI worker threads.
+        shuffle_buffer: samples in the reader's shuffle buffer.
+    """
+
+    def __init__(self, shards: list[str], *, batch_size: int, frames: int, size: tuple[int, int],
+                 stride: int = 1, shard_id: int = 0, num_shards: int = 1, seed: int = 0,
+                 device: str | torch.device = "cpu", threads: int = 2, shuffle_buffer: int = 256):
+        if frames < 1 or stride < 1:
+            raise ShardError(f"frames {frames}, stride {stride}: expected both >= 1")
+        super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=frames, stride=stride),
+                         batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
+                         device=device, threads=threads, shuffle_buffer=shuffle_buffer)
+        span = (frames - 1) * stride + 1
+        for info in self.infos:
+            if info.first.num_frames < span:
+                raise ShardError(f"shard {info.path}: clips hold {info.first.num_frames} frames, fewer "
+                                 f"than the {span} that {frames} frames at stride {stride} span; re-shard "
+                                 "with a larger --clip-len")
+
+
+class DonorLoader(_RandomLoader):
+    """Single donor frames ``(B, 3, H, W)`` in [-1, 1] for O, iterable forever.
+
+    Takes the arguments of :class:`ClipLoader` without ``frames`` and ``stride``; the donor set may
+    be the training set (VAD only, TI only) or another one (VAD+TI).
+    """
+
+    def __init__(self, shards: list[str], *, batch_size: int, size: tuple[int, int], shard_id: int = 0,
+                 num_shards: int = 1, seed: int = 0, device: str | torch.device = "cpu",
+                 threads: int = 2, shuffle_buffer: int = 256):
+        super().__init__(shards, donor_pipeline, dict(size=tuple(size)), batch_size=batch_size,
+                         shard_id=shard_id, num_shards=num_shards, seed=seed, device=device,
+                         threads=threads, shuffle_buffer=shuffle_buffer)
+
+
+# -- ordered evaluation ---------------------------------------------------------------------------------
+
+@dataclass
+class EvalClip:
+    """One test clip: its frames in [-1, 1], per-frame 0/1 labels and where it sits in its video."""
+
+    video_id: str
+    first_frame: int
+    frames: torch.Tensor  # (L, 3, H, W)
+    labels: torch.Tensor  # (L,) uint8
+    video_frames: int
+    last_clip: bool
+
+
+def _to_torch(tensor, device: torch.device) -> torch.Tensor:
+    """One DALI sample (CPU or GPU) as a torch tensor on ``device``."""
+    if device.type == "cuda":
+        out = torch.empty(tensor.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.array(tensor))
+
+
+class EvalLoader:
+    """Test clips in stored (video) order, each exactly once, padding duplicates dropped.
+
+    With ``num_shards`` > 1 each rank gets a contiguous run of clips; a video may then span two
+    ranks, so gather per-video results before normalising scores.
+
+    Args:
+        shards: test shard paths (``resolve_shards``), in manifest order.
+        size: (H, W) of the output frames.
+        device: "cpu" or a CUDA device ("mixed" decoding).
+        threads: DALI worker threads.
+        shard_id, num_shards: this rank's part.
+        batch_size: clips decoded per pipeline run (a throughput knob; clips come one by one).
+    """
+
+    def __init__(self, shards: list[str], *, size: tuple[int, int], device: str | torch.device = "cpu",
+                 threads: int = 2, shard_id: int = 0, num_shards: int = 1, batch_size: int = 4):
+        _check_rank(shard_id, num_shards)
+        self.device, self.device_id = _device(device)
+        self.infos = check_shards(list(shards), gpu=self.device_id is not None)
+        self.size, self.threads, self.batch_size = tuple(size), threads, batch_size
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.part_size = _part_size(sum(i.samples for i in self.infos), shard_id, num_shards)
+
+    def __len__(self) -> int:
+        return self.part_size
+
+    def __iter__(self) -> Iterator[EvalClip]:
+        # A fresh pipeline per pass, so that every pass starts at the start of this rank's part.
+        pipe = eval_pipeline(self.infos, self.size, self.shard_id, self.num_shards,
+                             "mixed" if self.device_id is not None else "cpu",
+                             batch_size=self.batch_size, num_threads=self.threads,
+                             device_id=self.device_id, prefetch_queue_depth=1)
+        pipe.build()
+        left, previous = self.part_size, None
+        try:
+            while left > 0:
+                frames, metas = pipe.run()
+                for i in range(min(len(metas), left)):  # past `left` come pad_last_batch repeats
+                    meta = ClipMeta.from_json(np.array(metas[i]).tobytes())
+                    key = (meta.video_id, meta.first_frame)
+                    if key == previous:  # a repeat can only be padding: keys are unique
+                        continue
+                    previous = key
+                    yield self._clip(meta, _to_torch(frames[i], self.device))
+                left -= len(metas)
+        finally:
+            del pipe
+
+    def _clip(self, meta: ClipMeta, frames: torch.Tensor) -> EvalClip:
+        labels = meta.labels if meta.labels else [0] * len(frames)
+        if len(labels) != len(frames):
+            raise ShardError(f"clip {meta.video_id}@{meta.first_frame}: {len(labels)} labels for "
+                             f"{len(frames)} decoded frames; rebuild the test shards")
+        return EvalClip(meta.video_id, meta.first_frame, frames,
+                        torch.tensor(labels, dtype=torch.uint8, device=self.device),
+                        meta.video_frames or meta.first_frame + len(frames), meta.last_clip)
