@@ -1,0 +1,137 @@
+"""G, D, N and R: sizes against the paper, the memory's shrinkage, R frozen and seeded."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zxvad import config
+from zxvad.models import (BACKBONES, Generator, MemoryModule, PatchDiscriminator, build_backbone,
+                          build_generator, build_models, count_parameters, generator_gmacs)
+
+
+def test_plain_unet_matches_liu_et_al():
+    G = Generator(frames=4, width=64, memory_items=0)
+    assert count_parameters(G) == 7_704_195
+    assert generator_gmacs(G, 256, 4) == pytest.approx(37.2, abs=0.05)
+
+
+def test_paper_generator_matches_table_3():
+    G = build_generator(config.load("paper").model)
+    params = count_parameters(G)
+    assert params == 7_704_195 + 2000 * 512  # the memory adds K x Q items and nothing else
+    assert abs(params - 8.73e6) / 8.73e6 < 0.01
+    gmacs = generator_gmacs(G, 256, 4)
+    assert 37.2 < gmacs <= 43.1
+    assert next(G.parameters()).device.type == "cpu"  # counted on a meta copy
+
+
+def test_generator_shapes_and_gradients():
+    G = Generator(frames=4, width=8, memory_items=20, memory_dim=64)
+    frames = torch.rand(2, 4, 3, 32, 48) * 2 - 1
+    out = G(frames)
+    assert out.prediction.shape == (2, 3, 32, 48)
+    assert out.prediction.abs().max() <= 1
+    assert out.memory_weights.shape == (2, 20, 4, 6)
+    assert out.memory_entropy.dim() == 0 and out.memory_entropy.item() > 0
+    (out.prediction.mean() + out.memory_entropy).backward()
+    assert G.memory.items.grad is not None and G.memory.items.grad.abs().sum() > 0
+    assert G.inc[0].weight.grad.abs().sum() > 0
+
+
+def test_generator_without_memory_reports_no_entropy():
+    out = Generator(frames=2, width=8, memory_items=0)(torch.zeros(1, 2, 3, 16, 16))
+    assert out.memory_entropy.item() == 0
+    assert out.memory_weights.shape == (1, 0, 2, 2)
+
+
+def test_hard_shrinkage_zeroes_small_weights_and_renormalises():
+    torch.manual_seed(0)
+    memory = MemoryModule(items=50, dim=8, shrink_threshold=0.02)  # 1/K = 0.02: about half cut
+    queries = torch.randn(30, 8)
+    raw = (F.normalize(queries, dim=1) @ F.normalize(memory.items, dim=1).t()).softmax(dim=1)
+    shrunk = memory.address(queries)
+    below, above = raw < 0.02, raw > 0.02
+    assert below.sum() > 100 and above.sum() > 100
+    assert torch.all(shrunk[below] == 0)
+    assert torch.all(shrunk[above] > 0)
+    torch.testing.assert_close(shrunk.sum(dim=1), torch.ones(30))
+    # above lambda the shrinkage is ~identity, so the kept weights keep their proportions
+    row = shrunk[0][above[0]] / raw[0][above[0]]
+    torch.testing.assert_close(row, row.mean().expand_as(row), rtol=1e-4, atol=0)
+
+
+def test_memory_read_out_and_entropy():
+    torch.manual_seed(0)
+    memory = MemoryModule(items=6, dim=4, shrink_threshold=0.0005)
+    z = torch.randn(2, 4, 3, 5)
+    z_hat, entropy, weights = memory(z)
+    assert z_hat.shape == z.shape and weights.shape == (2, 6, 3, 5)
+    w = weights.permute(0, 2, 3, 1).reshape(-1, 6)
+    torch.testing.assert_close(z_hat.permute(0, 2, 3, 1).reshape(-1, 4), w @ memory.items)
+    torch.testing.assert_close(entropy, -(w * w.log()).sum(dim=1).mean())
+
+
+def test_generator_rejects_bad_shapes():
+    G = Generator(frames=4, width=8, memory_items=10, memory_dim=64)
+    with pytest.raises(ValueError, match=r"expected \(B, 4, 3, H, W\)"):
+        G(torch.zeros(1, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        G(torch.zeros(1, 4, 3, 36, 32))
+    with pytest.raises(ValueError, match="memory_dim=100: must equal 8 \\* width = 64"):
+        Generator(width=8, memory_items=10, memory_dim=100)
+
+
+def test_patch_discriminator_is_pix2pix():
+    assert count_parameters(PatchDiscriminator(3, 64, 3)) == 2_765_633  # pix2pix's 70x70 D
+    D = PatchDiscriminator(3, 16, 3)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    logits, features = D(x, return_features=True)
+    assert logits.shape == (2, 1, 6, 6)
+    assert features.shape == (2, 128, 7, 7)
+    torch.testing.assert_close(D(x), logits)
+    assert logits.min() < 0  # no sigmoid at the end
+    with pytest.raises(ValueError, match="norm 'group'"):
+        PatchDiscriminator(norm="group")
+
+
+def test_backbone_is_frozen_and_seeded():
+    state = torch.get_rng_state()
+    R = build_backbone("resnet50", seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    same, other = build_backbone("resnet50", seed=0), build_backbone("resnet50", seed=1)
+    first = next(R.parameters())
+    assert torch.equal(first, next(same.parameters()))
+    assert not torch.equal(first, next(other.parameters()))
+    assert not any(p.requires_grad for p in R.parameters())
+    R.train()
+    assert not R.training and not any(m.training for m in R.modules())
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    features = R(x)
+    assert features.shape == (2, 2048, 2, 2) and not features.requires_grad
+    torch.testing.assert_close(same(x), features)
+
+
+@pytest.mark.parametrize("name,channels", [("resnet50", 2048), ("resnet152", 2048),
+                                           ("densenet161", 2208), ("alexnet", 256),
+                                           ("mnasnet1_0", 1280)])
+def test_every_backbone_gives_feature_maps(name, channels):
+    features = build_backbone(name)(torch.rand(1, 3, 128, 128) * 2 - 1)
+    assert features.dim() == 4 and features.shape[:2] == (1, channels)
+    assert torch.isfinite(features).all() and features.min() >= 0  # all end in a ReLU
+
+
+def test_unknown_backbone_names_the_choices():
+    choices = ", ".join(BACKBONES)
+    with pytest.raises(ValueError, match=f"backbone 'vgg16': expected one of {choices}"):
+        build_backbone("vgg16")
+
+
+def test_build_models_from_demo_config():
+    cfg = config.load("demo").model
+    models = build_models(cfg)
+    assert isinstance(models.D, PatchDiscriminator) and isinstance(models.N, PatchDiscriminator)
+    assert models.D is not models.N
+    assert models.G.memory.items.shape == (cfg.memory_items, cfg.memory_dim)
+    out = models.G(torch.zeros(1, cfg.frames, 3, cfg.image_size, cfg.image_size))
+    assert out.prediction.shape == (1, 3, cfg.image_size, cfg.image_size)
+    assert models.R.seed == cfg.backbone_seed and models.R.name == cfg.backbone

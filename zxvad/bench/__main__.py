@@ -1,0 +1,36 @@
+"""``python -m zxvad.bench {model,synthesis,loader} ...``: one module per benchmark.
+
+Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
+printed last as one JSON line.
+"""
+
+import argparse
+import importlib
+import json
+import sys
+
+BENCHMARKS = {
+    "model": "G's parameters, GMACs and checkpoint MB at a preset's size",
+    "synthesis": "batched pseudo-anomaly synthesis O against a per-sample loop",
+    "loader": "DALI clip pipeline against a PyAV DataLoader baseline",
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zxvad.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="name", required=True)
+    for name, text in BENCHMARKS.items():
+        module = importlib.import_module(f"zxvad.bench.{name}")
+        module.add_arguments(sub.add_parser(name, help=text, description=text))
+    args = parser.parse_args(argv)
+    try:
+        figures = importlib.import_module(f"zxvad.bench.{args.name}").run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""G: the future-frame prediction U-Net with a MemAE memory at its bottleneck.
+
+References:
+    Liu et al., "Future Frame Prediction for Anomaly Detection - A New Baseline", CVPR 2018
+    (the U-Net: levels 64/128/256/512, two 3x3 conv + ReLU per level, no normalisation).
+    Gong et al., "Memorizing Normality to Detect Anomaly" (MemAE), ICCV 2019 (the memory).
+    Aich et al., "Cross-Domain Video Anomaly Detection without Target Domain Adaptation"
+    (zxVAD), WACV 2023, sec. 3: G([v_1..v_T]) = v_hat_{T+1}, memory with lambda = 0.0005.
+
+At 256x256, width 64 and T = 4 the plain U-Net has exactly 7,704,195 parameters, as in Liu et
+al.; the memory adds K x Q = 2000 x 512 items, giving the paper's 8.73M. The memory read-out
+z_hat = w_hat M replaces the bottleneck features (as in MemAE), so the decoder is unchanged and
+the parameter count stays that of the paper.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class GeneratorOutput(NamedTuple):
+    prediction: Tensor  # (B, 3, H, W) in [-1, 1]
+    memory_entropy: Tensor  # scalar L_MEM: mean over positions of sum_i -w_i log w_i
+    memory_weights: Tensor  # (B, K, h, w) shrunk, L1-renormalised addressing weights
+
+
+def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """One U-Net level: two 3x3 convolutions, each followed by a ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class Down(nn.Module):
+    """Max-pool by 2, then one level."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = double_conv(in_channels, out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.max_pool2d(x, 2))
+
+
+class Up(nn.Module):
+    """2x2 transposed conv up (halving channels), concatenate the skip, then one level."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, 2, stride=2)
+        self.conv = double_conv(in_channels // 2 + out_channels, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class MemoryModule(nn.Module):
+    """MemAE memory: K items of size Q, read by cosine attention with hard shrinkage.
+
+    For each bottleneck position z (a Q-vector): w = softmax_i(cos(z, m_i)); the hard shrinkage
+    w' = relu(w - lambda) * w / (|w - lambda| + eps) zeroes weights under lambda; w' is L1
+    re-normalised and the read-out is z_hat = w' M.
+
+    Args:
+        items: K, the number of memory items.
+        dim: Q, the size of one item (G's bottleneck channels).
+        shrink_threshold: lambda of the hard shrinkage.
+        eps: keeps the shrinkage's division finite at w = lambda.
+    """
+
+    def __init__(self, items: int, dim: int, shrink_threshold: float = 0.0005, eps: float = 1e-12):
+        super().__init__()
+        self.shrink_threshold = shrink_threshold
+        self.eps = eps
+        self.items = nn.Parameter(torch.empty(items, dim))
+        bound = 1.0 / dim**0.5  # MemAE's uniform init
+        nn.init.uniform_(self.items, -bound, bound)
+
+    def address(self, z: Tensor) -> Tensor:
+        """(N, Q) queries -> (N, K) shrunk, L1-renormalised weights w'."""
+        cosine = F.normalize(z, dim=1) @ F.normalize(self.items, dim=1).t()
+        w = cosine.softmax(dim=1)
+        if self.shrink_threshold > 0:
+            shifted = w - self.shrink_threshold
+            w = F.relu(shifted) * w / (shifted.abs() + self.eps)
+        return F.normalize(w, p=1, dim=1)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Read the memory at every position of a feature map.
+
+        Args:
+            z: (B, Q, h, w) bottleneck features.
+
+        Returns:
+            z_hat (B, Q, h, w), the entropy L_MEM (scalar, mean over the B*h*w positions) and
+            the weights w' (B, K, h, w).
+        """
+        batch, dim, height, width = z.shape
+        queries = z.permute(0, 2, 3, 1).reshape(-1, dim)
+        weights = self.address(queries)
+        z_hat = weights @ self.items
+        # w' = 0 contributes 0 * log(eps) = 0: the guard only avoids log(0).
+        entropy = -(weights * torch.log(weights + self.eps)).sum(dim=1).mean()
+        z_hat = z_hat.reshape(batch, height, width, dim).permute(0, 3, 1, 2)
+        weights = weights.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        return z_hat, entropy, weights
+
+
+class Generator(nn.Module):
+    """G: T frames (B, T, 3, H, W) in [-1, 1] -> predicted frame T+1 (B, 3, H, W) in [-1, 1].
+
+    Args:
+        frames: T, the number of input frames (G's input has 3T channels).
+        width: channels of the first level; the levels are width, 2w, 4w, 8w.
+        memory_items: K; 0 builds the plain U-Net of Liu et al. without memory.
+        memory_dim: Q; must equal 8 * width, the bottleneck channels.
+        shrink_threshold: lambda of the memory's hard shrinkage.
+    """
+
+    def __init__(self, frames: int = 4, width: int = 64, memory_items: int = 2000,
+                 memory_dim: int = 512, shrink_threshold: float = 0.0005):
+        super().__init__()
+        if memory_items > 0 and memory_dim != 8 * width:
+            raise ValueError(f"memory_dim={memory_dim}: must equal 8 * width = {8 * width} "
+                             "(G's bottleneck channels)")
+        self.frames = frames
+        w = width
+        self.inc = double_conv(3 * frames, w)
+        self.down1, self.down2, self.down3 = Down(w, 2 * w), Down(2 * w, 4 * w), Down(4 * w, 8 * w)
+        self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold)
+                       if memory_items > 0 else None)
+        self.up1, self.up2, self.up3 = Up(8 * w, 4 * w), Up(4 * w, 2 * w), Up(2 * w, w)
+        self.outc = nn.Conv2d(w, 3, 3, padding=1)
+
+    def forward(self, frames: Tensor) -> GeneratorOutput:
+        if frames.dim() != 5 or frames.shape[1] != self.frames or frames.shape[2] != 3:
+            raise ValueError(f"G input of shape {tuple(frames.shape)}: expected "
+                             f"(B, {self.frames}, 3, H, W)")
+        if frames.shape[3] % 8 or frames.shape[4] % 8:
+            raise ValueError(f"G input of size {frames.shape[3]}x{frames.shape[4]}: "
+                             "H and W must be multiples of 8 (three 2x poolings)")
+        x1 = self.inc(frames.flatten(1, 2))
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        z = self.down3(x3)
+        if self.memory is not None:
+            z, entropy, weights = self.memory(z)
+        else:
+            entropy = z.new_zeros(())
+            weights = z.new_zeros(z.shape[0], 0, *z.shape[2:])
+        x = self.up1(z, x3)
+        x = self.up2(x, x2)
+        x = self.up3(x, x1)
+        return GeneratorOutput(torch.tanh(self.outc(x)), entropy, weights)
