@@ -20,7 +20,8 @@ def test_presets_load_with_the_papers_values():
 
 def test_overrides_are_typed():
     cfg = config.load("demo", ["loss.alpha_N=0", "train.steps=12", "model.backbone=alexnet",
-                               "train.amp=true", "eval.targets={a: x, b: y}"])
+                               "train.amp=true", "eval.targets={a: x, b: y}", "train.lr_g=1e-3"])
+    assert cfg.train.lr_g == 1e-3
     assert cfg.loss.alpha_N == 0.0 and isinstance(cfg.loss.alpha_N, float)
     assert cfg.train.steps == 12 and cfg.train.amp is True
     assert cfg.model.backbone == "alexnet"
@@ -33,6 +34,7 @@ def test_overrides_are_typed():
     ("train.steps=abc", "config key 'train.steps': expected int, got 'abc'"),
     ("train.steps=1.5", "config key 'train.steps': expected int, got 1.5"),
     ("train.amp=3", "config key 'train.amp': expected bool, got 3"),
+    ("loss.alpha_D=high", "config key 'loss.alpha_D': expected float, got 'high'"),
     ("model.backbone=vgg", "config key 'model.backbone' = 'vgg': must be one of"),
     ("model.width=8", "config key 'model.memory_dim' = 128: must equal 8 * model.width = 64"),
     ("data.fraction=0", "config key 'data.fraction' = 0.0: must lie in (0, 1]"),

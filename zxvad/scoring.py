@@ -1,0 +1,113 @@
+"""Frame scores and the frame-level AUC (protocol of Liu et al. 2018, used by zxVAD's peers).
+
+Per test video: PSNR of each predicted frame against the real one on [0, 1] images; the first
+T frames have no prediction and are not scored; PSNR is min-max normalised within the video and
+the anomaly score is 1 - normalised PSNR. Scores and 0/1 labels of all videos of a target set
+are pooled into one ROC AUC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+
+MIN_MSE = 1e-10  # caps PSNR at 100 dB so that a perfect frame stays finite
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB per frame of [-1, 1] images, measured on their [0, 1] copies (peak 1).
+
+    Args:
+        pred, target: (B, C, H, W) in [-1, 1].
+
+    Returns:
+        (B,) float32; a perfect prediction gives 100 dB (MSE floored at 1e-10).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"psnr: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         "differ in shape")
+    diff = (pred.float() - target.float()) / 2  # [-1, 1] -> [0, 1] scales differences by 1/2
+    mse = diff.pow(2).flatten(1).mean(dim=1).clamp_min(MIN_MSE)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def normalize_scores(psnrs: np.ndarray) -> np.ndarray:
+    """Anomaly scores of one video: 1 - (p - min) / (max - min); a constant video gives zeros."""
+    p = np.asarray(psnrs, dtype=np.float64)
+    if p.size == 0:
+        return p
+    if not np.all(np.isfinite(p)):
+        raise ValueError("normalize_scores: PSNR values must be finite")
+    span = p.max() - p.min()
+    if span == 0:
+        return np.zeros_like(p)
+    return 1.0 - (p - p.min()) / span
+
+
+@dataclass
+class VideoResult:
+    """One test video: PSNR of its N - T predicted frames and the 0/1 labels of all N frames."""
+
+    video_id: str
+    psnr: np.ndarray  # (N - T,)
+    labels: np.ndarray  # (N,)
+
+
+class PooledScores(NamedTuple):
+    """Scores and labels of all scored frames, with each video's slice of the pooled arrays."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    videos: list[tuple[str, int, int]]  # (video_id, start, stop)
+
+    def as_dict(self) -> dict:
+        """Plain lists per video, ready for ``json.dump``."""
+        return {vid: {"scores": self.scores[a:b].tolist(), "labels": self.labels[a:b].tolist()}
+                for vid, a, b in self.videos}
+
+
+def per_video_scores(videos: list[VideoResult], frames: int) -> PooledScores:
+    """Normalised anomaly scores and labels of every scored frame, pooled over ``videos``.
+
+    Args:
+        videos: one :class:`VideoResult` per test video.
+        frames: T; the first T frames of each video are not scored.
+
+    Raises:
+        ValueError: a video whose label count is not ``len(psnr) + frames``.
+    """
+    scores, labels, spans, start = [], [], [], 0
+    for v in videos:
+        p, y = np.asarray(v.psnr).ravel(), np.asarray(v.labels).ravel()
+        if len(y) != len(p) + frames:
+            raise ValueError(f"video '{v.video_id}': {len(y)} labels but {len(p)} scores + "
+                             f"{frames} unscored frames = {len(p) + frames}")
+        scores.append(normalize_scores(p))
+        labels.append(y[frames:].astype(np.int64))
+        spans.append((v.video_id, start, start + len(p)))
+        start += len(p)
+    if not videos:
+        return PooledScores(np.zeros(0), np.zeros(0, dtype=np.int64), [])
+    return PooledScores(np.concatenate(scores), np.concatenate(labels), spans)
+
+
+def frame_auc(videos: list[VideoResult], frames: int) -> float:
+    """Pooled frame-level ROC AUC of the anomaly scores (1 = abnormal label).
+
+    Raises:
+        ValueError: a length mismatch (see :func:`per_video_scores`), or scored frames of one
+            class only (AUC undefined).
+    """
+    pooled = per_video_scores(videos, frames)
+    classes = np.unique(pooled.labels)
+    if len(classes) != 2:
+        have = "no scored frames" if len(classes) == 0 else f"only label {classes[0]}"
+        ids = ", ".join(v.video_id for v in videos[:5]) + (", ..." if len(videos) > 5 else "")
+        raise ValueError(f"frame AUC undefined: {have} among the scored frames of videos [{ids}] "
+                         "(needs both normal 0 and abnormal 1)")
+    return float(roc_auc_score(pooled.labels, pooled.scores))

@@ -1,0 +1,215 @@
+"""One zxVAD training step: D, then N (+ ArcFace), then G, each with its own Adam.
+
+``build_state(cfg, device)`` makes the networks, the L_RAA ArcFace weights, the augmentation g,
+the three optimisers and the AMP scaler; ``train_step(state, clips, donors)`` runs one update and
+returns every loss term as a float. Pure torch: the Ray training loop may wrap G, D, N and
+``arcface`` in DistributedDataParallel and the step works the same; ``state_dict`` always saves
+the unwrapped modules, so checkpoints load with or without DDP.
+
+Order within a step (one forward of G, reused three times):
+    1. O makes the pseudo-anomalies v~ (no gradient; R is frozen).
+    2. D is updated on v_{T+1} against the *detached* v^ (L_D).
+    3. N and the ArcFace centres are updated on the detached v^, g(v^) and v~ (eq. 6).
+    4. G is updated with L_G (eq. 1 and 6), whose adversarial terms use the freshly updated D
+       and N; their weights are frozen for this forward so only G gets gradients.
+Detaching v^ in 2-3 keeps the critics' losses from pushing G; updating the critics first gives
+G the most recent opponents (the order of Liu et al.'s and pix2pix's public code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zxvad import losses
+from zxvad.config import Config
+from zxvad.models import build_models
+from zxvad.synthesis import scda_attention, synthesize
+
+STATE_KEYS = ("G", "D", "N", "arcface", "opt_g", "opt_d", "opt_n", "scaler", "step",
+              "backbone", "backbone_seed")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module):
+    """Parameters of ``modules`` need no gradient inside the block (autograd records this)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@dataclass
+class TrainState:
+    """Everything a training run updates, and what its checkpoints hold."""
+
+    G: nn.Module
+    D: nn.Module
+    N: nn.Module
+    R: nn.Module  # frozen; rebuilt from (backbone, backbone_seed), never saved
+    arcface: losses.RelativeAttentionAffirmation
+    augment: nn.Module  # g of L_RAA
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    opt_n: torch.optim.Optimizer  # N and the ArcFace centres
+    scaler: torch.amp.GradScaler
+    cfg: Config
+    amp_dtype: torch.dtype | None = None  # None: full float32
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        """G, D, N, ArcFace, the optimisers, the scaler, the step and R's (backbone, seed)."""
+        return {"G": unwrap(self.G).state_dict(), "D": unwrap(self.D).state_dict(),
+                "N": unwrap(self.N).state_dict(), "arcface": unwrap(self.arcface).state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "opt_n": self.opt_n.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "backbone": self.cfg.model.backbone,
+                "backbone_seed": self.cfg.model.backbone_seed}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Restore what :meth:`state_dict` saved; R must come from the same backbone and seed."""
+        missing = [k for k in STATE_KEYS if k not in sd]
+        if missing:
+            raise ValueError(f"training state: missing {', '.join(missing)}")
+        saved = (sd["backbone"], sd["backbone_seed"])
+        if saved != (self.cfg.model.backbone, self.cfg.model.backbone_seed):
+            raise ValueError(f"training state: R was {saved[0]} seed {saved[1]}, the config says "
+                             f"{self.cfg.model.backbone} seed {self.cfg.model.backbone_seed}")
+        for name in ("G", "D", "N", "arcface"):
+            unwrap(getattr(self, name)).load_state_dict(sd[name])
+        self.opt_g.load_state_dict(sd["opt_g"])
+        self.opt_d.load_state_dict(sd["opt_d"])
+        self.opt_n.load_state_dict(sd["opt_n"])
+        self.scaler.load_state_dict(sd["scaler"])
+        self.step = int(sd["step"])
+
+
+def amp_dtype_for(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with loss scaling); None on the CPU or amp off."""
+    if not cfg.train.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def attention_cells(N: nn.Module, image_size: int) -> int:
+    """h' x w' of N's last features at ``image_size``: the ArcFace embedding size."""
+    was_training = N.training
+    N.eval()
+    with torch.no_grad():
+        _, features = N(torch.zeros(1, 3, image_size, image_size), return_features=True)
+    N.train(was_training)
+    return features.shape[-2] * features.shape[-1]
+
+
+def build_state(cfg: Config, device: torch.device | str) -> TrainState:
+    """Networks, ArcFace, g, the Adam optimisers (lr_g, lr_d, lr_n) and the scaler on ``device``."""
+    device = torch.device(device)
+    models = build_models(cfg.model)
+    arcface = losses.RelativeAttentionAffirmation(attention_cells(models.N, cfg.model.image_size),
+                                                  cfg.loss.arcface_margin, cfg.loss.arcface_scale)
+    G, D, N, R = (m.to(device) for m in (models.G, models.D, models.N, models.R))
+    arcface = arcface.to(device)
+    betas = (cfg.train.beta1, cfg.train.beta2)
+    amp_dtype = amp_dtype_for(cfg, device)
+    return TrainState(
+        G=G, D=D, N=N, R=R, arcface=arcface, augment=losses.build_augmentation().to(device),
+        opt_g=torch.optim.Adam(G.parameters(), lr=cfg.train.lr_g, betas=betas),
+        opt_d=torch.optim.Adam(D.parameters(), lr=cfg.train.lr_d, betas=betas),
+        opt_n=torch.optim.Adam([*N.parameters(), *arcface.parameters()], lr=cfg.train.lr_n,
+                               betas=betas),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        cfg=cfg, amp_dtype=amp_dtype)
+
+
+def _update(state: TrainState, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(optimizer)
+
+
+def train_step(state: TrainState, clips: Tensor, donors: Tensor,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """One update of D, N (+ ArcFace) and G; see the module docstring for the order.
+
+    Args:
+        state: from :func:`build_state`; G, D, N and ``arcface`` may be DDP-wrapped.
+        clips: (B, T+1, 3, H, W) in [-1, 1]: G's inputs v_1..v_T and the target v_{T+1}.
+        donors: (B, 3, H, W) in [-1, 1]: O's donor frames.
+        generator: random source of O's frame choice and boxes (g uses the global RNG).
+
+    Returns:
+        Every term as a float: l_mse, l_ssim, l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n,
+        l_g, l_d, l_n, l_rn, l_aa, l_raa, l_n_total, mask_area, and the mean patch outputs
+        d_real, d_fake, n_normal, n_pseudo. With ``loss.alpha_N == 0`` N is switched off (no
+        synthesis, no N update, no N term in L_G) and its terms read 0.
+    """
+    cfg, T = state.cfg, state.cfg.model.frames
+    if clips.dim() != 5 or clips.shape[1] != T + 1 or clips.shape[2] != 3:
+        raise ValueError(f"clips of shape {tuple(clips.shape)}: expected (B, {T + 1}, 3, H, W)")
+    batch, device = clips.shape[0], clips.device
+    use_n = cfg.loss.alpha_N > 0
+    amp = dict(device_type=device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
+    for module in (state.G, state.D, state.N, state.arcface):
+        module.train()
+    inputs, target = clips[:, :T], clips[:, T]
+    zero = clips.new_zeros((), dtype=torch.float32)
+
+    with torch.autocast(**amp):
+        out = state.G(inputs)
+    pred = out.prediction
+    fake = pred.detach().float()
+
+    # D: real v_{T+1} against the detached v^, in one forward (one DDP call, shared BN batch).
+    with torch.autocast(**amp):
+        d_logits = state.D(torch.cat([target, fake]))
+    d_real, d_fake = d_logits.float().split(batch)
+    l_d = losses.discriminator_loss(d_real, d_fake)
+    _update(state, state.opt_d, l_d)
+
+    # N and ArcFace: v^ (normal), g(v^) (augmented normal) and v~ (pseudo-anomaly), one forward.
+    terms_n = dict.fromkeys(("l_n", "l_rn", "l_aa", "l_raa", "l_n_total"), zero)
+    n_normal_mean = n_pseudo_mean = zero
+    mask_area = 0.0
+    if use_n:
+        with torch.no_grad():
+            syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
+                             generator=generator, frames=T)
+            augmented = state.augment((fake + 1) / 2) * 2 - 1
+        mask_area = syn.mask_area
+        with torch.autocast(**amp):
+            n_logits, features = state.N(torch.cat([fake, augmented, syn.frames.float()]),
+                                         return_features=True)
+        n_normal, _, n_pseudo = n_logits.float().split(batch)
+        att_normal, att_augmented, att_pseudo = scda_attention(features.float()).split(batch)
+        terms_n = losses.normalcy_objective(n_normal, n_pseudo, att_normal, att_augmented,
+                                            att_pseudo, syn.mask, state.arcface, cfg.loss)
+        _update(state, state.opt_n, terms_n["l_n_total"])
+        n_normal_mean, n_pseudo_mean = n_normal.detach().mean(), n_pseudo.detach().mean()
+
+    # G: eq. (1) with the just-updated D and N; their weights frozen, their DDP wrappers bypassed
+    # (only G's gradients need syncing).
+    D, N = unwrap(state.D), unwrap(state.N)
+    with frozen(D, N), torch.autocast(**amp):
+        d_pred = D(pred)
+        n_pred = N(pred) if use_n else None
+    terms_g = losses.generator_objective(pred, target, out.memory_entropy, d_pred, n_pred, cfg.loss)
+    _update(state, state.opt_g, terms_g["l_g"])
+    state.scaler.update()
+    state.step += 1
+
+    terms = {**terms_g, "l_d": l_d, **terms_n, "d_real": d_real.detach().mean(),
+             "d_fake": d_fake.detach().mean(), "n_normal": n_normal_mean, "n_pseudo": n_pseudo_mean}
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
+    return {**dict(zip(terms, values)), "mask_area": float(mask_area)}
