@@ -15,6 +15,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+DEMO := demo-out
+DEMO_SIZE := 64x64
+
+# The whole chain on 2 CPU cores: synthetic domains in real layouts -> shards -> Ray Train with
+# 2 DDP workers on the TI-style source -> zero-shot AUC on two unseen target scenes -> MLflow.
+demo: $(STAMP)
+	$(BIN)/python -m shards.demo --out $(DEMO)/raw --overwrite
+	$(BIN)/python -m shards.build videofolder --root $(DEMO)/raw/source --out $(DEMO)/shards/source --split train --size $(DEMO_SIZE) --clip-len 16 --workers 2
+	$(BIN)/python -m shards.build ped2 --root $(DEMO)/raw/target-street --out $(DEMO)/shards/target-street --split test --size $(DEMO_SIZE) --workers 2
+	$(BIN)/python -m shards.build avenue --root $(DEMO)/raw/target-plaza --out $(DEMO)/shards/target-plaza --split test --size $(DEMO_SIZE) --workers 2
+	$(BIN)/python -m zxvad.train --config demo $(DEMO_ARGS)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -5,6 +5,7 @@ video), the right half's is 40 + 24 * (video number). Both survive lossy coding 
 within a few levels, so a batch tells which video and which frames it holds.
 """
 
+import os
 import io
 import json
 import shutil
@@ -298,3 +299,10 @@ def test_real_footage_round_trip(real_clips, tmp_path):
     first = clip.first_frame
     error = [(clip.frames[:4] - source[first + k:first + k + 4]).abs().mean().item() for k in (-1, 0, 1)]
     assert error[1] < 0.08 and error[1] < min(error[0], error[2]), error
+
+
+def test_relative_shard_set_resolves_to_absolute_paths(train_set, monkeypatch):
+    # Ray workers run in another working folder: the driver must hand them absolute paths.
+    monkeypatch.chdir(train_set.parent)
+    shards = resolve_shards(train_set.name)
+    assert shards and all(os.path.isabs(s) and os.path.exists(s) for s in shards)

@@ -116,6 +116,8 @@ def resolve_shards(spec: str, fraction: float = 1.0) -> list[str]:
     Raises:
         ShardError: no manifest, or no shard in the set or in its fraction.
     """
+    if not is_s3(spec):  # absolute, so that Ray workers with another working folder agree
+        spec = os.path.abspath(spec)
     manifest, base = load_manifest(spec)
     try:
         chosen = shards_for_fraction(manifest, fraction)

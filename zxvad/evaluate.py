@@ -1,0 +1,310 @@
+"""Zero-shot evaluation: frame-level AUC of a trained G on target test sets, with plots.
+
+``python -m zxvad.evaluate --checkpoint PATH --target NAME=SHARDS [...]``
+
+Protocol (DESIGN.md section 1, Liu et al. 2018): G predicts every frame from its T
+predecessors; PSNR on [0, 1] images; the first T frames of a video are not scored; PSNR is
+min-max normalised per video; score = 1 - normalised PSNR; one pooled ROC AUC per target.
+The JSON written beside the plots holds every frame's raw PSNR, score and label, so anyone can
+recompute the AUC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zxvad import scoring
+
+
+@dataclass
+class _VideoAccumulator:
+    """Frames of one test video as they stream in (clips arrive in video order)."""
+
+    video_id: str
+    video_frames: int
+    labels: np.ndarray
+    psnr: dict[int, float] = field(default_factory=dict)
+    worst: list = field(default_factory=list)  # heap of (-psnr, frame, images): k lowest PSNRs
+
+
+@dataclass
+class TargetResult:
+    name: str
+    auc: float
+    videos: list[dict]
+    frames: int
+    seconds: float
+    top: list[dict]  # the highest-scoring frames with their images for difference maps
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+@torch.no_grad()
+def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames: int, size: int,
+                    device: torch.device, batch_size: int = 16, top_frames: int = 4,
+                    progress: bool = True) -> TargetResult:
+    """Score every scorable frame of one target set and compute its pooled AUC."""
+    from tqdm import tqdm
+
+    from zxvad.data import EvalLoader, prediction_windows
+
+    G = _unwrap(G)
+    was_training = G.training
+    G.eval()
+    videos: dict[str, _VideoAccumulator] = {}
+    order: list[str] = []
+    scored = 0
+    compute = 0.0
+    bar = tqdm(desc=f"evaluate {name}", unit="frame", disable=not progress, leave=False)
+    for clip in EvalLoader(shards, size=(size, size), device=device):
+        acc = videos.get(clip.video_id)
+        if acc is None:
+            acc = _VideoAccumulator(clip.video_id, clip.video_frames,
+                                    np.full(clip.video_frames, -1, dtype=np.int64))
+            videos[clip.video_id] = acc
+            order.append(clip.video_id)
+        labels = clip.labels.cpu().numpy().astype(np.int64)
+        acc.labels[clip.first_frame:clip.first_frame + len(labels)] = labels
+        windows, index, _ = prediction_windows(clip, frames)
+        for start in range(0, len(windows), batch_size):
+            batch = windows[start:start + batch_size].to(device)
+            began = time.perf_counter()
+            prediction = G(batch[:, :frames]).prediction
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compute += time.perf_counter() - began
+            values = scoring.psnr(prediction, batch[:, frames]).cpu().numpy()
+            for j, value in enumerate(values):
+                frame_index = int(index[start + j])
+                acc.psnr[frame_index] = float(value)
+                if top_frames:  # keep this video's k lowest-PSNR frames for difference maps
+                    candidate = (-float(value), frame_index, _images(prediction[j], batch[j, frames]))
+                    if len(acc.worst) < top_frames:
+                        heapq.heappush(acc.worst, candidate)
+                    elif candidate[0] > acc.worst[0][0]:
+                        heapq.heapreplace(acc.worst, candidate)
+            scored += len(batch)
+            bar.update(len(batch))
+    bar.close()
+    if was_training:
+        G.train()
+    if not videos:
+        raise ValueError(f"target '{name}': the test shards hold no clips")
+    results, per_video = [], []
+    for video_id in order:
+        acc = videos[video_id]
+        if (acc.labels < 0).any():
+            missing = int((acc.labels < 0).sum())
+            raise ValueError(f"target '{name}', video '{video_id}': {missing} frames never arrived "
+                             "from the test shards (were the shards cut with a different overlap?)")
+        expected = list(range(frames, acc.video_frames))
+        if sorted(acc.psnr) != expected:
+            raise ValueError(f"target '{name}', video '{video_id}': scored {len(acc.psnr)} frames, "
+                             f"expected {len(expected)} (frames {frames}..{acc.video_frames - 1})")
+        psnr = np.array([acc.psnr[i] for i in expected])
+        results.append(scoring.VideoResult(video_id, psnr, acc.labels.astype(np.uint8)))
+        score = scoring.normalize_scores(psnr)
+        per_video.append({"video_id": video_id, "frame_index": expected, "psnr": psnr.tolist(),
+                          "score": score.tolist(), "label": acc.labels[frames:].tolist(),
+                          "labels_all": acc.labels.tolist()})
+    auc = scoring.frame_auc(results, frames)
+    top = _top_frames(videos, per_video, top_frames)
+    return TargetResult(name, auc, per_video, scored, compute, top)
+
+
+def _images(prediction: torch.Tensor, frame: torch.Tensor) -> dict:
+    to01 = lambda t: ((t.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return {"prediction": to01(prediction), "frame": to01(frame)}
+
+
+def _top_frames(videos: dict[str, _VideoAccumulator], per_video: list[dict], k: int) -> list[dict]:
+    """The k highest-scoring frames of the target among each video's lowest-PSNR candidates."""
+    candidates = []
+    for entry in per_video:
+        psnr = np.asarray(entry["psnr"])
+        low, high = float(psnr.min()), float(psnr.max())
+        for neg_psnr, frame_index, images in videos[entry["video_id"]].worst:
+            value = -neg_psnr
+            score = 1.0 - (value - low) / (high - low) if high > low else 0.0
+            label = int(entry["labels_all"][frame_index])
+            candidates.append({"video_id": entry["video_id"], "frame_index": frame_index,
+                               "psnr": value, "score": score, "label": label, **images})
+    candidates.sort(key=lambda c: (-c["score"], c["psnr"]))
+    return candidates[:k]
+
+
+def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, frames: int, size: int,
+                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
+                     progress: bool = True) -> dict[str, TargetResult]:
+    """:func:`evaluate_target` for each named target, in order."""
+    return {name: evaluate_target(G, name, shards, frames=frames, size=size, device=device,
+                                  batch_size=batch_size, top_frames=top_frames, progress=progress)
+            for name, shards in targets.items()}
+
+
+def mean_auc(results: dict[str, TargetResult]) -> float:
+    return float(np.mean([r.auc for r in results.values()])) if results else float("nan")
+
+
+def auc_table(results: dict[str, TargetResult]) -> str:
+    """A plain-text table: one row per target, then the mean."""
+    lines = [f"{'target':<20} {'AUC %':>7} {'frames':>8} {'videos':>7}"]
+    for r in results.values():
+        lines.append(f"{r.name:<20} {100 * r.auc:7.2f} {r.frames:8d} {len(r.videos):7d}")
+    lines.append(f"{'mean':<20} {100 * mean_auc(results):7.2f}")
+    return "\n".join(lines)
+
+
+def efficiency(G: torch.nn.Module, cfg, results: dict[str, TargetResult] | None = None,
+               energy_joules: float | None = None) -> dict[str, float]:
+    """Paper Table 3 figures: parameters, GMACs, checkpoint MB, inference FPS (and GPU joules)."""
+    from zxvad.models import count_parameters, generator_gmacs
+
+    G = _unwrap(G)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "G.pt"
+        torch.save(G.state_dict(), path)
+        megabytes = path.stat().st_size / 1e6  # MB as in the paper (10^6 bytes)
+    figures = {"params": float(count_parameters(G)),
+               "gmacs": float(generator_gmacs(G, cfg.model.image_size, cfg.model.frames)),
+               "checkpoint_mb": megabytes}
+    if results:
+        frames = sum(r.frames for r in results.values())
+        seconds = sum(r.seconds for r in results.values())
+        figures["inference_fps"] = frames / seconds if seconds > 0 else float("nan")
+    if energy_joules is not None:
+        figures["gpu_energy_j"] = energy_joules
+    return figures
+
+
+class EnergyMeter:
+    """GPU energy from NVML's total-energy counter; a no-op without a GPU or nvidia-ml-py."""
+
+    def __init__(self, device: torch.device):
+        self.handle = None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = pynvml
+        except Exception:  # no NVML library or no energy counter on this GPU
+            self.handle = None
+
+    def __enter__(self):
+        self.start = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self._read()
+        self.joules = (end - self.start) / 1000.0 if self.start is not None and end is not None else None
+
+    def _read(self):
+        if self.handle is None:
+            return None
+        try:
+            return self._nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)  # millijoules
+        except Exception:
+            return None
+
+
+def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frames: int,
+                 figures: dict | None = None, plots: bool = True) -> list[Path]:
+    """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"frames_T": frames, "mean_auc": mean_auc(results), "efficiency": figures or {},
+              "targets": {name: {"auc": r.auc, "scored_frames": r.frames, "videos": r.videos}
+                          for name, r in results.items()}}
+    files = [out / "results.json"]
+    tmp = out / ".results.json.partial"
+    tmp.write_text(json.dumps(report))
+    os.replace(tmp, files[0])
+    if plots:
+        from zxvad import plots as plot_lib
+
+        for name, r in results.items():
+            files.append(plot_lib.anomaly_curves(r.videos, out / f"{name}-curves.png", title=name))
+            if r.top:
+                files.append(plot_lib.difference_maps(r.top, out / f"{name}-difference-maps.png",
+                                                      title=name))
+    return files
+
+
+def parse_targets(items: list[str]) -> dict[str, str]:
+    """``["ped2=shards/ped2", ...]`` -> ``{"ped2": "shards/ped2"}``; one clear error otherwise."""
+    targets = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ValueError(f"--target '{item}': expected NAME=SHARDS, e.g. ped2=shards/ped2-test")
+        targets[name] = spec
+    return targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zxvad.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint folder (or its state.pt) or an MLflow model URI (runs:/...)")
+    parser.add_argument("--target", action="append", default=[], metavar="NAME=SHARDS",
+                        help="a test shard set (folder, manifest or s3:// prefix); repeatable; "
+                             "default: the targets in the checkpoint's config")
+    parser.add_argument("--out", default="eval-out", help="folder for results.json and plots")
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--mlflow-run", default=None, metavar="RUN_ID",
+                        help="also log the AUCs, figures and plots into this MLflow run")
+    args = parser.parse_args(argv)
+    try:
+        from zxvad.checkpoint import load_generator
+        from zxvad.data import resolve_shards
+
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        G, cfg = load_generator(args.checkpoint, device)
+        targets = parse_targets(args.target) or dict(cfg.eval.targets)
+        if not targets:
+            raise ValueError("no --target given and the checkpoint's config names none")
+        resolved = {name: resolve_shards(spec) for name, spec in targets.items()}
+        with EnergyMeter(device) as meter:
+            results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
+                                       device=device, batch_size=args.batch_size or cfg.eval.batch_size,
+                                       top_frames=cfg.eval.top_frames)
+        figures = efficiency(G, cfg, results, meter.joules)
+        files = write_report(results, args.out, frames=cfg.model.frames, figures=figures,
+                             plots=not args.no_plots)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(auc_table(results))
+    print("efficiency: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+    print(f"wrote {', '.join(str(f) for f in files)}")
+    if args.mlflow_run:
+        from zxvad.tracking import log_evaluation
+
+        log_evaluation(args.mlflow_run, results, figures, files)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Plots a person would rather look at than read: anomaly curves and difference maps (PNG)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _spans(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of 1s as (first, last) frame indices."""
+    spans, start = [], None
+    for i, value in enumerate(labels):
+        if value and start is None:
+            start = i
+        if not value and start is not None:
+            spans.append((start, i - 1))
+            start = None
+    if start is not None:
+        spans.append((start, len(labels) - 1))
+    return spans
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name("." + path.name + ".partial.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def anomaly_curves(videos: list[dict], path: str | Path, title: str = "") -> Path:
+    """One panel per test video: anomaly score against frame index, labeled spans shaded red."""
+    plt = _pyplot()
+    path = Path(path)
+    cols = min(3, len(videos))
+    rows = math.ceil(len(videos) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 2.4 * rows), squeeze=False)
+    for ax, video in zip(axes.flat, videos):
+        labels = np.asarray(video["labels_all"] if "labels_all" in video else video["label"])
+        for first, last in _spans(labels):
+            ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.2, lw=0)
+        ax.plot(video["frame_index"], video["score"], color="tab:blue", lw=1.2)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title(str(video["video_id"]), fontsize=9)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.set_ylabel("anomaly score", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(videos):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: anomaly score (1 - normalised PSNR); red = labeled anomaly", fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def difference_maps(frames: list[dict], path: str | Path, title: str = "") -> Path:
+    """Rows of frame, G's prediction and |prediction - frame| for the highest-scoring frames."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, axes = plt.subplots(len(frames), 3, figsize=(7.5, 2.5 * len(frames)), squeeze=False)
+    for row, item in zip(axes, frames):
+        diff = np.abs(item["prediction"] - item["frame"]).mean(axis=2)
+        row[0].imshow(item["frame"])
+        row[1].imshow(item["prediction"])
+        shown = row[2].imshow(diff, cmap="inferno", vmin=0)
+        fig.colorbar(shown, ax=row[2], fraction=0.046)
+        tag = "anomaly" if item["label"] else "normal"
+        row[0].set_title(f"{item['video_id']} #{item['frame_index']} ({tag})", fontsize=8)
+        row[1].set_title(f"prediction, PSNR {item['psnr']:.1f} dB", fontsize=8)
+        row[2].set_title(f"|difference|, score {item['score']:.2f}", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle(f"{title}: highest-scoring frames", fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,349 @@
+"""Train zxVAD with Ray Train: DDP workers, DALI batches, checkpoints, zero-shot AUC, MLflow.
+
+``python -m zxvad.train [--config NAME|FILE] [--set key=value ...]``
+
+Under ``ray job submit -- python -m zxvad.train ...`` (or with RAY_ADDRESS set) it joins that
+cluster; otherwise it starts a local Ray. Everything is checked before any worker starts: the
+config, every shard path, the checkpoint store and the MLflow server. Starting the same run again
+(same name: ``tracking.run_name``, or by default the experiment plus a hash of the config without
+``train.steps``) resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zxvad import checkpoint as ckpt
+from zxvad import config as config_lib
+from zxvad.config import Config
+
+# Environment a worker needs and may see: endpoints and URIs, never keys.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
+                 "ZXVAD_REAL_CLIPS")
+
+
+@dataclass
+class Inputs:
+    """Shard lists resolved on the driver, before any cluster work."""
+
+    train: list[str]
+    donors: list[str]
+    targets: dict[str, list[str]]
+
+
+def resolve_inputs(cfg: Config) -> Inputs:
+    """Every shard path of the config resolved (fraction applied); one clear error otherwise."""
+    from zxvad.data import resolve_shards
+
+    if not cfg.data.train_shards:
+        raise ValueError("config key 'data.train_shards' is empty: name G's training shards "
+                         "(a folder with manifest.json or an s3:// prefix)")
+    train = resolve_shards(cfg.data.train_shards, cfg.data.fraction)
+    donors = resolve_shards(cfg.data.donor_shards) if cfg.data.donor_shards else train
+    targets = {name: resolve_shards(spec) for name, spec in cfg.eval.targets.items()}
+    return Inputs(train, donors, targets)
+
+
+def default_run_name(cfg: Config) -> str:
+    """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    flat = {k: v for k, v in cfg.flat().items() if k != "train.steps"}
+    digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
+    return f"{cfg.tracking.experiment}-{digest}"
+
+
+def storage(cfg: Config):
+    """``(storage_path, storage_filesystem)`` for RunConfig: a local folder or s3:// (+endpoint)."""
+    path = cfg.train.storage_path
+    if not path.startswith("s3://"):
+        return os.path.abspath(path), None
+    endpoint = cfg.train.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
+    if not endpoint:
+        return path, None
+    import pyarrow.fs
+
+    scheme = "https" if endpoint.startswith("https") else "http"
+    host = endpoint.split("://", 1)[-1]
+    fs = pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme,
+                                 region=os.environ.get("AWS_REGION", "us-east-1"),
+                                 connect_timeout=5, request_timeout=30)
+    return path[len("s3://"):], fs
+
+
+def check_storage(cfg: Config) -> None:
+    """Fail before Ray when the checkpoint store cannot be written."""
+    path = cfg.train.storage_path
+    if not path.startswith("s3://"):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"config key 'train.storage_path' = {path!r}: not writable")
+        return
+    from shards import s3
+
+    if cfg.train.s3_endpoint:
+        os.environ.setdefault("AWS_ENDPOINT_URL", cfg.train.s3_endpoint)
+    bucket, _ = s3.parse_url(path)
+    try:
+        s3.check_bucket(s3.client(), bucket)
+    except RuntimeError as err:
+        raise ValueError(f"config key 'train.storage_path' = {path!r}: {err}") from None
+
+# ----------------------------------------------------------------------------- on each worker
+
+
+def _wrap_ddp(state, device: torch.device) -> None:
+    """G, D, N and the ArcFace weights under DDP (R is frozen and needs no gradient sync)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    for name in ("G", "D", "N", "arcface"):
+        module = getattr(state, name)
+        if any(p.requires_grad for p in module.parameters()):
+            setattr(state, name, DDP(module, device_ids=ids))
+
+
+class _Progress:
+    """The live line: step, main losses, steps/s and ETA (rank 0; Ray streams it to the driver)."""
+
+    KEYS = ("l_rec", "l_g", "l_d", "l_n_total", "mask_area")
+
+    def __init__(self, total: int, start: int):
+        self.total, self.start, self.began = total, start, time.perf_counter()
+
+    def rate(self, step: int) -> float:
+        elapsed = time.perf_counter() - self.began
+        return (step - self.start) / elapsed if elapsed > 0 else 0.0
+
+    def line(self, step: int, losses: dict) -> str:
+        rate = self.rate(step)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta != float("inf") else "?"
+        terms = " ".join(f"{k} {losses[k]:.4f}" for k in self.KEYS if k in losses)
+        return f"step {step}/{self.total} | {terms} | {rate:.2f} step/s | ETA {eta_text}"
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """One DDP worker: its own DALI pipelines for its rank, the training step, reports."""
+    import ray.train
+    import ray.train.torch
+
+    from zxvad.data import ClipLoader, DonorLoader
+    from zxvad.step import build_state, train_step
+
+    cfg = config_lib.from_yaml_text(loop_config["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed * 1009 + rank)
+    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
+
+    state = build_state(cfg, device)
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as folder:
+            saved, _ = ckpt.read(folder)
+        state.load_state_dict(saved)
+        if rank == 0:
+            print(f"resumed from checkpoint at step {state.step}", flush=True)
+    if world > 1:
+        _wrap_ddp(state, device)
+
+    T, size = cfg.model.frames, (cfg.model.image_size, cfg.model.image_size)
+    common = dict(batch_size=cfg.train.batch_size, size=size, shard_id=rank, num_shards=world,
+                  device=device, threads=cfg.data.loader_threads,
+                  shuffle_buffer=cfg.data.shuffle_buffer)
+    # A resumed run reshuffles with a new seed so it does not replay the same clips.
+    seed = cfg.data.seed + 7919 * state.step
+    clips = iter(ClipLoader(loop_config["train"], frames=T + 1, stride=cfg.data.frame_stride,
+                            seed=seed, **common))
+    donors = iter(DonorLoader(loop_config["donors"], seed=seed + 1, **common))
+
+    logger = _RankZeroLogger(loop_config, cfg) if rank == 0 else None
+    if logger and resumed is not None:  # the run's history shows every restart and its step
+        logger.metrics({"resumed_from_step": state.step}, state.step)
+    progress = _Progress(cfg.train.steps, state.step)
+    targets = loop_config["targets"]
+    while state.step < cfg.train.steps:
+        losses = train_step(state, next(clips), next(donors))
+        step = state.step
+        last = step >= cfg.train.steps
+        if logger and (step % cfg.train.log_every == 0 or last):
+            losses["steps_per_s"] = progress.rate(step)
+            print(progress.line(step, losses), flush=True)
+            logger.metrics(losses, step)
+        evaluate_now = targets and (last or (cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
+        checkpoint_now = last or step % cfg.train.checkpoint_every == 0 or evaluate_now
+        if not checkpoint_now:
+            continue
+        metrics = {"step": step, **{k: float(v) for k, v in losses.items()}}
+        with tempfile.TemporaryDirectory() as folder:
+            report_ckpt = None
+            if rank == 0:
+                ckpt.save(state, folder)
+                if evaluate_now:
+                    metrics.update(logger.evaluate(state, targets, device, step, Path(folder), last))
+                if last:
+                    logger.final(state, Path(folder))
+                report_ckpt = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(metrics, checkpoint=report_ckpt)
+
+
+class _RankZeroLogger:
+    """MLflow logging and evaluation, done by rank 0 only."""
+
+    def __init__(self, loop_config: dict, cfg: Config):
+        import mlflow
+
+        self.cfg, self.run_id, self.uri = cfg, loop_config["run_id"], loop_config["tracking_uri"]
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri) if self.run_id else None
+
+    def metrics(self, values: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(f"loss/{k}" if k.startswith("l_") else k, float(v), now, step)
+                 for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def evaluate(self, state, targets: dict, device, step: int, folder: Path, last: bool) -> dict:
+        from zxvad import evaluate as ev
+        from zxvad import tracking
+
+        results = ev.evaluate_targets(state.G, targets, frames=self.cfg.model.frames,
+                                      size=self.cfg.model.image_size, device=device,
+                                      batch_size=self.cfg.eval.batch_size,
+                                      top_frames=self.cfg.eval.top_frames, progress=False)
+        figures = ev.efficiency(state.G, self.cfg, results) if last else {}
+        files = ev.write_report(results, folder / "eval", frames=self.cfg.model.frames,
+                                figures=figures, plots=self.cfg.eval.plots and last)
+        print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
+        if self.client is not None:
+            tracking.log_evaluation(self.run_id, results, figures, files if last else [], step=step,
+                                    uri=self.uri)
+        out = {f"auc/{name}": r.auc for name, r in results.items()}
+        out["auc/mean"] = ev.mean_auc(results)
+        out.update({f"efficiency/{k}": v for k, v in figures.items()})
+        return out
+
+    def final(self, state, folder: Path) -> None:
+        """The final G as an MLflow model, with its config so it can be rebuilt anywhere."""
+        if self.client is None:
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        G = state.G.module if hasattr(state.G, "module") else state.G
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
+            mlflow.pytorch.log_model(G, name="generator", serialization_format="pickle",
+                                     pip_requirements=["torch", "zxvad"],
+                                     extra_files=[str(folder / ckpt.CONFIG_FILE)])
+
+
+# ----------------------------------------------------------------------------- on the driver
+
+
+def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str):
+    """The Ray Train V2 TorchTrainer for this config."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    path, filesystem = storage(cfg)
+    loop_config = {"config": cfg.to_yaml(), "train": inputs.train, "donors": inputs.donors,
+                   "targets": inputs.targets, "run_id": run_id, "tracking_uri": uri,
+                   "threads": 1 if not cfg.train.use_gpu else 4}
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker=None if cfg.train.use_gpu else {"CPU": 1}),
+        run_config=RunConfig(
+            name=run_name, storage_path=path, storage_filesystem=filesystem,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+
+
+def summary(result, run_name: str, run_id: str, uri: str) -> str:
+    metrics = result.metrics or {}
+    lines = ["", f"run {run_name}: finished at step {metrics.get('step', '?')}"]
+    aucs = {k[len("auc/"):]: v for k, v in metrics.items() if k.startswith("auc/")}
+    if aucs:
+        lines.append(f"{'target':<20} {'AUC %':>7}")
+        lines += [f"{name:<20} {100 * value:7.2f}" for name, value in aucs.items() if name != "mean"]
+        if "mean" in aucs:
+            lines.append(f"{'mean':<20} {100 * aucs['mean']:7.2f}")
+    if result.checkpoint is not None:
+        lines.append(f"checkpoint: {result.checkpoint.path}")
+    if run_id:
+        lines.append(f"MLflow run: {run_id} at {uri}")
+        if uri.startswith("sqlite:///"):
+            lines.append(f"open it with: mlflow ui --backend-store-uri {uri}")
+    return "\n".join(lines)
+
+
+def prepare(argv: list[str] | None = None):
+    """Parse, validate and resolve everything a run needs, with no Ray work yet."""
+    parser = argparse.ArgumentParser(prog="python -m zxvad.train", description=__doc__.split("\n\n")[0])
+    config_lib.add_arguments(parser)
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new run even if one with the same name has checkpoints")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    cfg = config_lib.load(args.config, args.overrides)
+    inputs = resolve_inputs(cfg)
+    check_storage(cfg)
+    name = default_run_name(cfg)
+    if args.fresh:
+        name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return args, cfg, inputs, name
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, cfg, inputs, run_name = prepare(argv)
+        run_id, uri = "", ""
+        if not args.no_mlflow:
+            from zxvad import tracking
+
+            uri, run_id = tracking.open_run(cfg, run_name)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():  # a test or notebook may have started Ray already
+        ray.init(address=address or None, include_dashboard=False if not address else None)
+    print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
+          f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {cfg.train.storage_path}", flush=True)
+    trainer = build_trainer(cfg, inputs, run_name, run_id, uri)
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; show the root cause in one line
+        print(f"error: training failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    print(summary(result, run_name, run_id, uri))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
