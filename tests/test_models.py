@@ -135,3 +135,13 @@ def test_build_models_from_demo_config():
     out = models.G(torch.zeros(1, cfg.frames, 3, cfg.image_size, cfg.image_size))
     assert out.prediction.shape == (1, 3, cfg.image_size, cfg.image_size)
     assert models.R.seed == cfg.backbone_seed and models.R.name == cfg.backbone
+
+
+def test_backbone_input_size_gives_small_frames_a_finer_map():
+    from zxvad.models import build_backbone
+
+    x = torch.zeros(2, 3, 32, 32)
+    assert build_backbone("resnet50", 0)(x).shape[-2:] == (1, 1)
+    R = build_backbone("resnet50", 0, input_size=128)
+    assert R(x).shape[-2:] == (4, 4)
+    assert R(torch.zeros(1, 3, 128, 128)).shape[-2:] == (4, 4)  # already that size: untouched

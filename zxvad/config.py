@@ -38,6 +38,7 @@ class ModelConfig:
     disc_layers: int = 3
     backbone: str = "resnet50"  # R, untrained
     backbone_seed: int = 0  # R's random init; a checkpoint records it
+    backbone_size: int = 0  # R sees donors resized to this square size; 0 = as they come
     mask_threshold: float = 0.1  # varsigma
 
 
@@ -195,6 +196,8 @@ def _validate(cfg: Config) -> Config:
         ("model.shrink_threshold", 0 <= m.shrink_threshold < 1, "must lie in [0, 1)"),
         ("model.backbone", m.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}"),
         ("model.mask_threshold", 0 <= m.mask_threshold < 1, "must lie in [0, 1)"),
+        ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,
+         "must be 0 (donor size) or at least 32"),
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
         ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),

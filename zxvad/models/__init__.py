@@ -42,7 +42,7 @@ def build_models(cfg) -> Models:
     return Models(G=build_generator(cfg),
                   D=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers),
                   N=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers),
-                  R=build_backbone(cfg.backbone, cfg.backbone_seed))
+                  R=build_backbone(cfg.backbone, cfg.backbone_seed, cfg.backbone_size))
 
 
 def count_parameters(module: nn.Module) -> int:

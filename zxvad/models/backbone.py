@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zxvad.config import BACKBONES
@@ -33,8 +34,9 @@ def _feature_extractor(name: str) -> nn.Module:
 class FrozenBackbone(nn.Module):
     """Wraps a feature extractor: [-1, 1] input, no gradients, always in eval mode."""
 
-    def __init__(self, body: nn.Module, name: str, seed: int):
+    def __init__(self, body: nn.Module, name: str, seed: int, input_size: int = 0):
         super().__init__()
+        self.input_size = input_size
         self.body = body.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         self.name = name
         self.seed = seed
@@ -49,16 +51,21 @@ class FrozenBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> feature maps (B, d, h, w)."""
+        if self.input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            # small frames give a map of 1-2 cells, too coarse to localise an object
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False)
         x = ((x + 1) / 2 - self.mean) / self.std
         return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
-def build_backbone(name: str = "resnet50", seed: int = 0) -> nn.Module:
+def build_backbone(name: str = "resnet50", seed: int = 0, input_size: int = 0) -> nn.Module:
     """R: the named torchvision CNN with random weights drawn under ``seed``, frozen.
 
     Args:
         name: one of resnet50, resnet152, densenet161, alexnet, mnasnet1_0.
         seed: the same seed gives the same weights; the global RNG is left untouched.
+        input_size: if set, inputs are resized to this square size before R (not the weights).
 
     Returns:
         A :class:`FrozenBackbone` mapping (B, 3, H, W) in [-1, 1] to (B, d, h, w) features.
@@ -68,4 +75,4 @@ def build_backbone(name: str = "resnet50", seed: int = 0) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         body = _feature_extractor(name)
-    return FrozenBackbone(body, name, seed)
+    return FrozenBackbone(body, name, seed, input_size)
