@@ -256,8 +256,9 @@ class _RankZeroLogger:
 # ----------------------------------------------------------------------------- on the driver
 
 
-def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str):
-    """The Ray Train V2 TorchTrainer for this config."""
+def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str,
+                  callbacks: list | None = None):
+    """The Ray Train V2 TorchTrainer for this config (``callbacks``: e.g. Tune's reporter)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -277,6 +278,7 @@ def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: 
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": env} if env else None,
+            callbacks=callbacks or None,
         ),
     )
 

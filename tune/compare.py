@@ -1,0 +1,307 @@
+"""Compare runs of one MLflow experiment: the AUC table of the paper's Tables 4 and 5, and a plot.
+
+``python -m tune.compare --experiment NAME [--by data.fraction] [--out DIR] [--tracking-uri URI]``
+
+One row per configuration (runs that differ only in their seeds are grouped), one column per
+target AUC and their mean, in percent; with several seeds a cell reads ``mean ± std``. The best
+cell of each column is bold in the Markdown table; a cell marked † lies closer to that best than
+the seed spread (the larger of the two standard deviations), so the difference is not
+significant. Writes ``NAME.csv`` (fractions, full precision), ``NAME.md`` and ``NAME.png`` (AUC
+against ``--by``, or one bar per row) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune.space import SEED_KEYS
+
+SWEEP_TAG = "zxvad.sweep"
+ROLE_TAG = "zxvad.role"  # "sweep" on the sweep-level run, which holds no training
+CONFIG_TAG = "zxvad.config_id"
+# Params that differ between runs of one configuration without changing it.
+IGNORED = (*SEED_KEYS, "tracking.run_name")
+NOT_SIGNIFICANT = "†"
+
+
+class CompareError(ValueError):
+    """Nothing to compare; one line naming the experiment or the option."""
+
+
+@dataclass
+class Row:
+    """One configuration: its runs (one per seed) and their final AUCs."""
+
+    key: str
+    params: dict[str, str]
+    runs: list[str] = field(default_factory=list)  # run ids
+    values: dict[str, list[float]] = field(default_factory=dict)  # column -> one value per run
+    label: dict[str, str] = field(default_factory=dict)  # the params that tell rows apart
+
+    def mean(self, column: str) -> float:
+        vals = self.values.get(column, [])
+        return sum(vals) / len(vals) if vals else math.nan
+
+    def std(self, column: str) -> float:
+        """Sample standard deviation over seeds; 0 for a single run."""
+        vals = self.values.get(column, [])
+        if len(vals) < 2:
+            return 0.0
+        m = sum(vals) / len(vals)
+        return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+@dataclass
+class Table:
+    experiment: str
+    rows: list[Row]
+    targets: list[str]  # target names; the columns are these and "mean"
+    label_keys: list[str]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.targets, "mean"]
+
+    @property
+    def seeded(self) -> bool:
+        return any(len(r.runs) > 1 for r in self.rows)
+
+    def best(self, column: str) -> Row | None:
+        rows = [r for r in self.rows if not math.isnan(r.mean(column))]
+        return max(rows, key=lambda r: r.mean(column)) if rows else None
+
+    def not_significant(self, row: Row, column: str) -> bool:
+        """True when ``row`` trails the column's best by less than the seed spread."""
+        best = self.best(column)
+        if best is None or best is row or not self.seeded or math.isnan(row.mean(column)):
+            return False
+        spread = max(best.std(column), row.std(column))
+        return best.mean(column) - row.mean(column) < spread
+
+
+def load_runs(experiment: str, uri: str) -> list[Any]:
+    """The finished or stopped training runs of ``experiment`` that logged an AUC."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"MLflow experiment '{experiment}' not found at {uri} "
+                           f"(experiments: {', '.join(names) or 'none'})")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
+                 and any(k.startswith("auc/") for k in r.data.metrics)]
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise CompareError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC metric")
+    return runs
+
+
+def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Table:
+    """Group runs by configuration and collect each run's final AUC per target and their mean."""
+    rows: dict[str, Row] = {}
+    targets: list[str] = []
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        params = dict(run.data.params)
+        kept = {k: v for k, v in params.items() if k not in IGNORED}
+        key = run.data.tags.get(CONFIG_TAG) or repr(sorted(kept.items()))
+        row = rows.setdefault(key, Row(key=key, params=kept))
+        row.runs.append(run.info.run_id)
+        metrics = run.data.metrics  # the latest value of each metric
+        aucs = {k[len("auc/"):]: v for k, v in metrics.items() if k.startswith("auc/") and k != "auc/mean"}
+        for name in aucs:
+            if name not in targets:
+                targets.append(name)
+        for name, value in aucs.items():
+            row.values.setdefault(name, []).append(float(value))
+        mean = metrics.get("auc/mean", sum(aucs.values()) / len(aucs) if aucs else math.nan)
+        row.values.setdefault("mean", []).append(float(mean))
+    ordered = list(rows.values())
+    all_keys = sorted({k for r in ordered for k in r.params})
+    varying = [k for k in all_keys if len({r.params.get(k) for r in ordered}) > 1]
+    if by is not None:
+        if by not in all_keys:
+            raise CompareError(f"--by {by}: no such param in experiment '{experiment}' "
+                               f"(params that vary: {', '.join(varying) or 'none'})")
+        varying = [by, *[k for k in varying if k != by]]
+        ordered.sort(key=lambda r: _sort_value(r.params.get(by)))
+    short = {k: _shorten([r.params.get(k, "") for r in ordered]) for k in varying}
+    for i, row in enumerate(ordered):
+        row.label = {k: short[k][i] for k in varying}
+    return Table(experiment, ordered, targets, varying)
+
+
+def _sort_value(text: str | None) -> tuple:
+    try:
+        return (0, float(text), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(text))
+
+
+def _shorten(values: list[str]) -> list[str]:
+    """Paths lose the folders they all share: s3://b/x/sht, s3://b/x/hmdb -> sht, hmdb."""
+    if len(values) < 2 or not all("/" in v for v in values):
+        return values
+    parts = [v.rstrip("/").split("/") for v in values]
+    common = 0
+    while all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return ["/".join(p[common:]) for p in parts]
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _cell(table: Table, row: Row, column: str, bold: bool) -> str:
+    m = row.mean(column)
+    if math.isnan(m):
+        return "-"
+    text = f"{100 * m:.2f}"
+    if table.seeded:
+        text += f" ± {100 * row.std(column):.2f}"
+    if bold and table.best(column) is row:
+        text = f"**{text}**"
+    if table.not_significant(row, column):
+        text += f" {NOT_SIGNIFICANT}"
+    return text
+
+
+def to_markdown(table: Table, bold: bool = True) -> str:
+    """The AUC table (percent) as Markdown; the best cell per column in bold."""
+    head = [*(table.label_keys or ["config"]), *table.columns, "runs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for i, row in enumerate(table.rows):
+        label = [row.label[k] for k in table.label_keys] or [str(i + 1)]
+        cells = [_cell(table, row, c, bold) for c in table.columns]
+        lines.append("| " + " | ".join([*label, *cells, str(len(row.runs))]) + " |")
+    notes = [f"AUC % of experiment '{table.experiment}', final value of each run"]
+    if table.seeded:
+        notes.append(f"mean ± std over seeds; {NOT_SIGNIFICANT}: behind the best by less than the "
+                     "seed spread (not significant)")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
+
+
+def to_csv(table: Table) -> str:
+    """One row per configuration; AUCs as fractions at full precision."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    head = [*table.label_keys, "runs"]
+    for column in table.columns:
+        head += [f"{column}_mean", f"{column}_std", f"{column}_not_significant"]
+    writer.writerow(head)
+    for row in table.rows:
+        line: list[Any] = [*(row.label[k] for k in table.label_keys), len(row.runs)]
+        for column in table.columns:
+            line += [repr(row.mean(column)), repr(row.std(column)),
+                     int(table.not_significant(row, column))]
+        writer.writerow(line)
+    return out.getvalue()
+
+
+def plot(table: Table, path: Path, by: str | None = None) -> None:
+    """AUC (%) against ``by`` (one line per target and the mean, error bars = seed std), or bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    if by is not None:
+        others = [k for k in table.label_keys if k != by]
+        groups: dict[str, list[Row]] = {}
+        for row in table.rows:
+            groups.setdefault(", ".join(row.label[k] for k in others), []).append(row)
+        xs_all = []
+        for group, rows in groups.items():
+            xs = [_sort_value(r.params.get(by))[1] for r in rows]
+            xs_all += xs
+            for column in table.columns:
+                ys = [100 * r.mean(column) for r in rows]
+                es = [100 * r.std(column) for r in rows]
+                name = f"{column} ({group})" if group else column
+                ax.errorbar(xs, ys, yerr=es if table.seeded else None, marker="o", capsize=3,
+                            label=name, linewidth=2.2 if column == "mean" else 1.2)
+        if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(by)
+    else:
+        names = [", ".join(r.label.values()) or str(i + 1) for i, r in enumerate(table.rows)]
+        ys = [100 * r.mean("mean") for r in table.rows]
+        es = [100 * r.std("mean") for r in table.rows]
+        ax.bar(range(len(ys)), ys, yerr=es if table.seeded else None, capsize=3)
+        ax.set_xticks(range(len(ys)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xlabel("configuration")
+    ax.set_ylabel("frame-level AUC (%)")
+    ax.set_title(f"{table.experiment}")
+    ax.grid(alpha=0.3)
+    if by is not None:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write(path: Path, write) -> None:
+    """Write through a temporary file, so a failure leaves no half-written output."""
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the suffix: matplotlib picks the format by it
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_outputs(table: Table, out: Path, by: str | None = None) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{table.experiment}.{ext}" for ext in ("csv", "md", "png")}
+    _write(paths["csv"], lambda p: p.write_text(to_csv(table)))
+    _write(paths["md"], lambda p: p.write_text(to_markdown(table)))
+    _write(paths["png"], lambda p: plot(table, p, by))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tune.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", required=True, help="MLflow experiment (a sweep's name)")
+    parser.add_argument("--by", default=None, metavar="KEY",
+                        help="config key to sort rows by and plot against, e.g. data.fraction")
+    parser.add_argument("--out", default=None, help="output folder (default: compare/EXPERIMENT)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    args = parser.parse_args(argv)
+
+    from zxvad.tracking import DEFAULT_TRACKING_URI, absolute_uri
+
+    uri = absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        print(f"error: --tracking-uri {uri}: no such MLflow database", file=sys.stderr)
+        return 2
+    try:
+        table = build_table(args.experiment, load_runs(args.experiment, uri), args.by)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # MLflow raises many kinds for a bad or unreachable store
+        print(f"error: MLflow at {uri}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(to_markdown(table))
+    paths = write_outputs(table, Path(args.out or Path("compare") / args.experiment), args.by)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Ray Tune sweeps of zxVAD training runs: loss weights, TI data fractions, sources, backbones.
+
+``python -m tune.sweep --config FILE.yaml|NAME [--set key=value ...] [--out DIR] [--fresh]``
+
+Each trial is a real training run: a Tune function builds the Ray Train V2 TorchTrainer of
+``zxvad.train`` for its config and fits it; a Train callback forwards every evaluation (the AUC
+per target and their mean) to Tune, so that ASHA can stop weak trials after any evaluation
+round. Every trial logs into its own MLflow run of the experiment named after the sweep (tag
+``zxvad.sweep``); a sweep-level run holds the best config as YAML. Interrupted (Ctrl+C) or
+crashed sweeps resume when the same command is run again: finished trials are kept, unfinished
+ones continue from their last checkpoint. The sweep file is validated before Ray starts
+(see ``tune.space``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tune import space
+from tune.space import Sweep, SweepError
+from zxvad.config import ConfigError
+
+# The Tune function itself only waits on its TorchTrainer; its workers hold the real resources.
+DRIVER_CPUS = 0.01
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ray() -> None:
+    """Join RAY_ADDRESS's cluster, or start a local Ray with its dashboard.
+
+    ASHA stops a trial by killing its Tune actor; Train's placement-group cleaner then asks the
+    dashboard's state API whether the controller died. On a machine with several local Ray
+    instances that API cannot tell which to ask, so the local instance names its own.
+    """
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    port = _free_port()
+    ray.init(include_dashboard=True, dashboard_port=port, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
+def _concurrency(sweep: Sweep) -> int:
+    """How many trials run at once: the file's max_concurrent, else what the cluster holds."""
+    import ray
+
+    if sweep.max_concurrent:
+        return sweep.max_concurrent
+    total = ray.cluster_resources()
+    res = sweep.resources
+    if res.gpus:
+        return max(1, int(total.get("GPU", 0) // (res.workers * res.gpus)))
+    return max(1, int(total.get("CPU", 1) // (res.workers * res.cpus + DRIVER_CPUS)))
+
+
+def _param_space(sweep: Sweep, variants: list) -> dict[str, Any]:
+    from ray import tune
+
+    if sweep.search != "optuna":
+        return {"trial": tune.grid_search(list(range(len(variants))))}
+    domains = {}
+    for dim in sweep.space:
+        if dim.kind == "loguniform":
+            domains[dim.name] = tune.loguniform(*dim.values)
+        elif dim.kind == "uniform":
+            domains[dim.name] = tune.uniform(*dim.values)
+        else:
+            domains[dim.name] = tune.choice([list(v) if isinstance(v, tuple) else v for v in dim.values])
+    return {"params": domains}
+
+
+def _tune_config(sweep: Sweep, concurrency: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    scheduler = FIFOScheduler()
+    if sweep.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="eval_round", max_t=sweep.eval_rounds,
+                                  grace_period=sweep.scheduler.grace_period,
+                                  reduction_factor=sweep.scheduler.reduction_factor)
+    search_alg = None
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=sweep.search_seed)
+    return tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
+                           search_alg=search_alg,
+                           num_samples=sweep.samples if sweep.search == "optuna" else 1,
+                           max_concurrent_trials=concurrency)
+
+
+def trial_table(sweep: Sweep, variants: list, experiment_path: str, filesystem=None) -> list[dict[str, Any]]:
+    """One dict per trial: id, config id, seed, params, status, last step, metric, stopped early."""
+    from ray.tune import ExperimentAnalysis
+
+    from tune.trial import trial_params
+
+    analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem,
+                                  default_metric=sweep.metric, default_mode=sweep.mode)
+    out = []
+    for trial in analysis.trials:
+        params, seed = trial_params(trial.config, variants)
+        steps = sweep.trial_config(params, seed).train.steps
+        last = trial.last_result or {}
+        step = last.get("step")
+        error = ""
+        if trial.status == "ERROR":
+            error = (trial.error_file and _last_line(trial)) or "failed"
+        out.append({
+            "trial_id": trial.trial_id, "config_id": space.config_id(params), "seed": seed,
+            "params": params, "status": trial.status, "error": error, "step": step, "steps": steps,
+            sweep.metric: last.get(sweep.metric), "eval_round": last.get("eval_round"),
+            "stopped_early": trial.status == "TERMINATED" and step is not None and step < steps,
+        })
+    return out
+
+
+def _last_line(trial) -> str:
+    try:
+        text = Path(trial.error_file).read_text().strip()
+        return text.splitlines()[-1] if text else "failed"
+    except (OSError, TypeError):
+        return "failed"
+
+
+def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int] | None:
+    """The configuration with the best mean final metric over its seeds.
+
+    Trials that ran to the end rank a configuration; a configuration whose trials were all
+    stopped early ranks only when no configuration has a complete trial.
+    """
+    groups: dict[str, list[dict]] = {}
+    for t in trials:
+        if t[sweep.metric] is not None and not t["error"]:
+            groups.setdefault(t["config_id"], []).append(t)
+    complete = {k: [t for t in g if not t["stopped_early"]] for k, g in groups.items()}
+    complete = {k: g for k, g in complete.items() if g}
+    pool = complete or groups
+    if not pool:
+        return None
+    sign = 1 if sweep.mode == "max" else -1
+    scored = [(sum(t[sweep.metric] for t in g) / len(g), g) for g in pool.values()]
+    value, group = max(scored, key=lambda item: sign * item[0])
+    return group[0]["params"], value, len(group)
+
+
+def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
+    cfg = sweep.trial_config(params, 0)
+    head = (f"# Best config of sweep '{sweep.name}': {sweep.metric} = {value:.4f} "
+            f"(mean of {n} seed(s)), searched: {json.dumps(params, default=str)}\n"
+            f"# Train it: python -m zxvad.train --config best-config.yaml\n")
+    return head + cfg.to_yaml()
+
+
+def _write(path: Path, text: str) -> None:
+    """Write through a temporary file, so an interruption leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: str, out: Path,
+           wall_s: float) -> int:
+    """Summaries, the best config (file + MLflow artifact); 130 when the sweep was interrupted."""
+    import mlflow
+
+    from tune.trial import sweep_run
+
+    trials = trial_table(sweep, variants, experiment_path, filesystem)
+    total = len(variants) if variants else sweep.samples
+    unfinished = total - sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+    summary = {"sweep": sweep.name, "tracking_uri": uri, "experiment_path": experiment_path,
+               "wall_s": round(wall_s, 1), "interrupted": unfinished > 0, "trials": trials}
+    _write(out / "trials.json", json.dumps(summary, indent=2, default=str))
+    early = sum(t["stopped_early"] for t in trials)
+    errors = [t for t in trials if t["error"]]
+    print(f"\nsweep {sweep.name}: {total} trials: {total - unfinished - len(errors)} ended "
+          f"({early} stopped early by {sweep.scheduler.kind}), {len(errors)} failed, "
+          f"{unfinished} unfinished; {wall_s:.0f} s")
+    for t in errors:
+        print(f"  trial {t['trial_id']} failed: {t['error']}")
+    if unfinished:
+        print(f"sweep {sweep.name} interrupted; run the same command again to resume it")
+        return 130
+    best = best_config(sweep, trials)
+    if best is None:
+        print(f"error: no trial of sweep {sweep.name} reported {sweep.metric}", file=sys.stderr)
+        return 1
+    params, value, n = best
+    _write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = sweep_run(sweep, uri, sweep.path.read_text())
+    client.log_metric(run_id, f"best/{sweep.metric}", value)
+    client.log_artifact(run_id, str(out / "best-config.yaml"))
+    client.log_artifact(run_id, str(out / "trials.json"))
+    print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
+    print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
+    print(f"compare: python -m tune.compare --experiment {sweep.name} --tracking-uri {uri}")
+    return 1 if errors else 0
+
+
+def prepare(argv: list[str] | None = None):
+    """Parse and validate everything (sweep file, base config, shards, stores) with no Ray."""
+    from zxvad import tracking, train
+
+    packaged = ", ".join(sorted(p.stem for p in space.PACKAGED_DIR.glob("*.yaml")))
+    parser = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help=f"sweep file, or a packaged sweep ({packaged})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a sweep key (seeds=3, resources.workers=2) or a config key "
+                             "of every trial (train.steps=100); repeatable")
+    parser.add_argument("--out", default=None, help="summary and best config folder (default: sweeps/NAME)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over under a new name instead of resuming a sweep of the same name")
+    args = parser.parse_args(argv)
+    sweep = space.load(args.config, args.overrides)
+    if args.fresh:
+        sweep.name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    checked = set()  # every distinct set of shards the trials will read exists (and its fraction)
+    variants = sweep.variants() if sweep.search != "optuna" else [{"params": {}}]
+    for variant in variants:
+        cfg = sweep.trial_config(variant["params"], 0)
+        key = (cfg.data.train_shards, cfg.data.donor_shards, cfg.data.fraction, tuple(cfg.eval.targets.items()))
+        if key not in checked:
+            train.resolve_inputs(cfg)
+            checked.add(key)
+    train.check_storage(sweep.base)
+    uri = tracking.absolute_uri(tracking.tracking_uri(sweep.base))
+    tracking.check_reachable(uri)
+    out = Path(args.out or Path("sweeps") / sweep.name)
+    return sweep, uri, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        sweep, uri, out = prepare(argv)
+    except (SweepError, ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from ray import tune
+
+    from tune.trial import Progress, run_trial
+    from zxvad import train
+
+    variants = sweep.variants() if sweep.search != "optuna" else []
+    path, filesystem = train.storage(sweep.base)
+    experiment_path = f"{path.rstrip('/')}/{sweep.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / "sweep.json"
+    spec = json.dumps({"raw": sweep.raw, "variants": variants}, sort_keys=True, indent=1, default=str)
+    resuming = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
+    if resuming and spec_file.exists() and spec_file.read_text() != spec:
+        print(f"error: sweep '{sweep.name}' at {experiment_path} was started with another sweep file "
+              "or other overrides; rerun with those, or pass --fresh", file=sys.stderr)
+        return 2
+    _write(spec_file, spec)
+
+    began = time.time()
+    start_ray()
+    trial_storage = f"{sweep.base.train.storage_path.rstrip('/')}/{sweep.name}/trials"
+    if not trial_storage.startswith("s3://"):
+        trial_storage = os.path.abspath(trial_storage)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep, variants=variants, uri=uri, storage_path=trial_storage),
+        {"CPU": DRIVER_CPUS})
+    total = len(variants) if variants else sweep.samples
+    if resuming:
+        print(f"resuming sweep {sweep.name} from {experiment_path}: finished trials are kept")
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=filesystem)
+    else:
+        concurrency = _concurrency(sweep)
+        print(f"sweep {sweep.name}: {total} trials ({sweep.seeds} seed(s) each), {concurrency} at a time, "
+              f"{sweep.search} search, scheduler {sweep.scheduler.kind}; MLflow {uri}", flush=True)
+        tuner = tune.Tuner(trainable, param_space=_param_space(sweep, variants),
+                           tune_config=_tune_config(sweep, concurrency),
+                           run_config=tune.RunConfig(name=sweep.name, storage_path=path,
+                                                     storage_filesystem=filesystem, verbose=0,
+                                                     callbacks=[Progress(sweep.name, sweep.metric, total)]))
+    tuner.fit()
+    return finish(sweep, variants, experiment_path, filesystem, uri, out, time.time() - began)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

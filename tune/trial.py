@@ -1,0 +1,154 @@
+"""What runs inside Ray for a sweep: the Tune function (one training run per trial) and callbacks.
+
+Ray Train V2 style: the Tune function builds the ``zxvad.train`` TorchTrainer for its config and
+fits it; :func:`evaluation_report` forwards rank 0's evaluations to Tune so that ASHA can stop
+weak trials between evaluation rounds. Imported only once the sweep file is valid.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import ray.tune
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+
+from tune import space
+from tune.compare import CONFIG_TAG, ROLE_TAG, SWEEP_TAG
+from tune.space import Sweep
+
+TRIAL_TAG = "zxvad.trial_id"
+SEED_TAG = "zxvad.seed"
+ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
+ROUND = "eval_round"  # ASHA's time unit
+
+
+class EvaluationReport(TuneReportCallback):
+    """Forwards each evaluation (rank 0's report that carries ``metric``) to Tune.
+
+    Reports made only to save a checkpoint carry no AUC and are not forwarded, so ASHA counts
+    evaluation rounds. The round comes from the step, so a resumed trial counts on from there.
+    """
+
+    def __init__(self, metric: str, steps: int, eval_every: int):
+        super().__init__()
+        self.metric, self.steps, self.eval_every = metric, steps, eval_every
+
+    def after_report(self, run_context, metrics, checkpoint):
+        values = metrics[0]  # rank 0, the worker that evaluates
+        if self.metric not in values:
+            return
+        values = dict(values)
+        values[ROUND] = space.eval_round(int(values["step"]), self.steps, self.eval_every)
+        if checkpoint:
+            values[CHECKPOINT_PATH_KEY] = checkpoint.path
+        self._training_actor_item_queue.put(values)
+
+
+def trial_params(config: dict, variants: list) -> tuple[dict, int]:
+    """``(params, seed)`` of a trial: a variant drawn on the driver, or Optuna's proposal."""
+    if "trial" in config:
+        variant = variants[config["trial"]]
+        return variant["params"], variant["seed"]
+    params = {}
+    for name, value in config.get("params", {}).items():  # joint keys arrive as "a,b": [x, y]
+        keys = name.split(",")
+        params.update({keys[0]: value} if len(keys) == 1 else dict(zip(keys, value)))
+    return params, 0
+
+
+def run_trial(config: dict, sweep: Sweep, variants: list, uri: str, storage_path: str) -> None:
+    """The Tune function: one training run with this trial's config, reporting to Tune."""
+    from zxvad import tracking, train
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    params, seed = trial_params(config, variants)
+    cfg = sweep.trial_config(params, seed)
+    run_name = f"{sweep.name}-{trial_id}"
+    cfg.tracking.experiment, cfg.tracking.run_name, cfg.tracking.tracking_uri = sweep.name, run_name, uri
+    cfg.train.storage_path = storage_path
+    inputs = train.resolve_inputs(cfg)
+    _, run_id = tracking.open_run(cfg, run_name)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for key, value in ((SWEEP_TAG, sweep.name), (TRIAL_TAG, trial_id),
+                       (CONFIG_TAG, space.config_id(params)), (SEED_TAG, str(seed))):
+        client.set_tag(run_id, key, value)
+    attempt = len(client.get_metric_history(run_id, ATTEMPT_METRIC)) + 1
+    client.log_metric(run_id, ATTEMPT_METRIC, attempt, step=attempt)
+
+    report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
+    train.build_trainer(cfg, inputs, run_name, run_id, uri, callbacks=[report]).fit()
+
+
+class Progress(ray.tune.Callback):
+    """A tqdm bar over trials, one line per ended trial, and each trial's end state.
+
+    Tune saves the state with the experiment and restores it on resume, so a resumed sweep
+    knows which trials had ended before.
+    """
+
+    def __init__(self, name: str, metric: str, total: int):
+        self.name, self.metric, self.total = name, metric, total
+        self.ended: dict[str, str] = {}  # trial id -> "done" | "error"
+        self.bar = None
+
+    def get_state(self) -> dict:
+        return {"ended": dict(self.ended)}
+
+    def set_state(self, state: dict) -> None:
+        self.ended = dict(state.get("ended", {}))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "bar": None}
+
+    def _bar(self):
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=len(self.ended), desc=f"sweep {self.name}",
+                            unit="trial")
+        return self.bar
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._bar()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "error")
+
+    def _end(self, trial, how: str) -> None:
+        if trial.trial_id in self.ended:
+            return
+        self.ended[trial.trial_id] = how
+        last = trial.last_result or {}
+        value = last.get(self.metric)
+        text = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no evaluation"
+        bar = self._bar()
+        bar.write(f"trial {trial.trial_id} {how} at step {last.get('step', '?')}: {text}")
+        bar.update(1)
+
+    def on_experiment_end(self, trials, **info):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
+    """The sweep-level MLflow run (found by tag, or created with the sweep's settings)."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(sweep.name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"{sweep.name}-sweep",
+                            tags={SWEEP_TAG: sweep.name, ROLE_TAG: "sweep"})
+    params = {"search": sweep.search, "metric": f"{sweep.metric} ({sweep.mode})",
+              "scheduler": sweep.scheduler.kind, "samples": sweep.samples, "seeds": sweep.seeds,
+              "base": sweep.base_ref,
+              "space": json.dumps({d.name: {d.kind: d.values} for d in sweep.space}, default=str)[:6000]}
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_text(run.info.run_id, sweep_file_text, "sweep.yaml")
+    return run.info.run_id
