@@ -283,6 +283,39 @@ def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: 
     )
 
 
+# Ray Train's controller writes its run snapshot to storage_path itself and gives up on the first
+# failed write; an S3 store that restarts or drops connections for a moment is worth waiting for.
+_STORAGE_ERRORS = ("NETWORK_CONNECTION", "Could not connect", "curlCode", "Connection refused",
+                   "Connection reset", "EndpointConnectionError", "Read timed out")
+STORAGE_RETRY_WAIT_S = 10.0
+
+
+def is_storage_outage(error: BaseException) -> bool:
+    text = str(error)
+    return any(mark in text for mark in _STORAGE_ERRORS)
+
+
+def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str,
+                             callbacks: list | None = None):
+    """``TorchTrainer.fit`` again from the last checkpoint when the checkpoint store was out.
+
+    Worker failures are Ray Train's (``FailureConfig``); this covers the controller's own writes
+    to ``storage_path``, up to ``train.max_failures`` times, waiting for the store to come back.
+    """
+    for attempt in range(cfg.train.max_failures + 1):
+        try:
+            return build_trainer(cfg, inputs, run_name, run_id, uri, callbacks).fit()
+        except Exception as err:
+            if attempt == cfg.train.max_failures or not is_storage_outage(err):
+                raise
+            print(f"warning: checkpoint store {cfg.train.storage_path} unreachable "
+                  f"({str(err).strip().splitlines()[-1][:160]}); resuming from the last checkpoint "
+                  f"in {STORAGE_RETRY_WAIT_S:.0f} s (retry {attempt + 1}/{cfg.train.max_failures})",
+                  file=sys.stderr, flush=True)
+            time.sleep(STORAGE_RETRY_WAIT_S)
+    raise AssertionError("unreachable")
+
+
 def summary(result, run_name: str, run_id: str, uri: str) -> str:
     metrics = result.metrics or {}
     lines = ["", f"run {run_name}: finished at step {metrics.get('step', '?')}"]
@@ -337,9 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=address or None, include_dashboard=False if not address else None)
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
           f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {cfg.train.storage_path}", flush=True)
-    trainer = build_trainer(cfg, inputs, run_name, run_id, uri)
     try:
-        result = trainer.fit()
+        result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
         print(f"error: training failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
