@@ -15,3 +15,8 @@ def real_clips() -> Path:
     if not REAL_CLIPS.is_dir():
         pytest.skip(f"real clips not found at {REAL_CLIPS} (set ZXVAD_REAL_CLIPS)")
     return REAL_CLIPS
+
+
+# One SeaweedFS server for the whole session, defined here once: a fixture imported into several
+# modules would start one server per module, and DALI's S3 client keeps the first endpoint it saw.
+from s3server import s3_server  # noqa: E402,F401

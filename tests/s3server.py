@@ -3,7 +3,7 @@
 Every port is given explicitly and picked free, the server gets its own data folder and one
 identity (access key + secret), a bucket is created, and the process is stopped by its PID.
 
-    from s3server import s3_server  # in a test module or tests/conftest.py: a session fixture
+    the session fixture s3_server is imported once, in tests/conftest.py
 
     def test_upload(s3_server):
         s3_server.env  # {"AWS_ENDPOINT_URL": ..., "AWS_ACCESS_KEY_ID": ..., ...}

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from layouts import write_video
-from s3server import s3_server  # noqa: F401 - the session fixture
 from shards import s3
 from shards.build import build
 from shards.format import MANIFEST_NAME, VIDEO_EXT, ClipMeta

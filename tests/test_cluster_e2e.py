@@ -219,7 +219,7 @@ def stack():
     try:
         _start_weed(stack)
         stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlp),
-                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow-server.db'}",
                                "--artifacts-destination", f"s3://{BUCKET}/mlflow"], node_env, "mlflow.log")
         stack.start("head", [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=0",
                              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
@@ -285,10 +285,16 @@ def _submit(stack: Stack, job_id: str, overrides: list[str], env_vars: dict | No
 
 
 def _status(stack: Stack, job_id: str) -> str:
+    """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING or UNKNOWN, from `ray job status`'s words
+    ("Job 'x' succeeded", "Job 'x' failed", "Job 'x' was stopped", "Status for job 'x': RUNNING")."""
     out = subprocess.run([str(BIN / "ray"), "job", "status", "--address", stack.dashboard, job_id],
                          env=stack.env, capture_output=True, text=True, timeout=60)
-    found = re.search(r"status: (\w+)|is (SUCCEEDED|FAILED|RUNNING|PENDING|STOPPED)", out.stdout)
-    return (found.group(1) or found.group(2)) if found else "UNKNOWN"
+    text = out.stdout + out.stderr
+    ended = re.search(r"Job '[^']+' (succeeded|failed|was stopped)", text)
+    if ended:
+        return {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}[ended.group(1)]
+    running = re.search(r"Status for job '[^']+': (?:JobStatus\.)?(\w+)", text)
+    return running.group(1).upper() if running else "UNKNOWN"
 
 
 def _logs(stack: Stack, job_id: str) -> str:
@@ -363,7 +369,7 @@ def test_multinode_run_from_s3_survives_losing_a_node(stack):
     steps, every = 100, 10  # ~1 min of training on 2 busy cores: the kill lands mid-run
     began = time.time()
     _submit(stack, "nodeloss", [f"train.steps={steps}", f"train.checkpoint_every={every}",
-                                "train.max_failures=2"])
+                                "train.max_failures=2", f"train.keep_checkpoints={steps // every}"])
     workers = _wait_for(_while_running(stack, "nodeloss", lambda: len(w := _train_workers(stack)) == 2 and w),
                         240, "two RayTrainWorkers")
     assert len(set(workers.values())) == 2, f"both DDP workers landed on one node: {workers}"

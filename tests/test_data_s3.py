@@ -4,7 +4,6 @@ import os
 
 import pytest
 
-from s3server import s3_server  # noqa: F401 - the SeaweedFS fixture
 from test_data import TRAIN_VIDEOS, built_set, read_pattern
 
 pytestmark = pytest.mark.slow
