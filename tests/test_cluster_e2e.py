@@ -320,6 +320,16 @@ def _while_running(stack: Stack, job_id: str, check):
     return wrapped
 
 
+def _registered_checkpoint(stack: Stack, run: str) -> bool:
+    """The controller's snapshot in S3 names a checkpoint: a restart would resume from it (the
+    upload of a checkpoint folder comes a little before its registration)."""
+    try:
+        body = stack.s3().get_object(Bucket=BUCKET, Key=f"ray_results/{run}/checkpoint_manager_snapshot.json")
+        return "checkpoint_" in body["Body"].read().decode()
+    except Exception:  # not written yet
+        return False
+
+
 def _checkpoint_steps(stack: Stack, run: str) -> dict[str, int]:
     """Checkpoint folder -> step, read from the meta.json each checkpoint holds in S3."""
     s3 = stack.s3()
@@ -373,8 +383,8 @@ def test_multinode_run_from_s3_survives_losing_a_node(stack):
     workers = _wait_for(_while_running(stack, "nodeloss", lambda: len(w := _train_workers(stack)) == 2 and w),
                         240, "two RayTrainWorkers")
     assert len(set(workers.values())) == 2, f"both DDP workers landed on one node: {workers}"
-    _wait_for(_while_running(stack, "nodeloss", lambda: _checkpoint_steps(stack, "nodeloss")), 240,
-              "a first checkpoint in S3")
+    _wait_for(_while_running(stack, "nodeloss", lambda: _registered_checkpoint(stack, "nodeloss")), 240,
+              "a first checkpoint in S3, registered by Ray Train's controller")
     victim = sorted(workers.values())[0]
     os.kill(stack.raylets[victim], signal.SIGKILL)  # the node is gone, as if its instance died
 

@@ -117,7 +117,7 @@ def test_chain_shards_train_checkpoint_evaluate_mlflow(demo_shards, local_ray, t
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["model.width"] == "4" and run.data.params["loss.alpha_N"] == "0.5"
-    assert {"loss/l_rec", "loss/l_g", "loss/l_d", "loss/l_n_total", "steps_per_s",
+    assert {"loss/l_rec", "loss/l_g", "loss/l_d", "loss/l_n_total", "steps_per_s", "worker_peak_rss_mb",
             "auc/street", "auc/plaza", "auc/mean", "efficiency/params"} <= set(run.data.metrics)
     assert run.data.metrics["auc/mean"] == pytest.approx(report["mean_auc"], abs=1e-6)
     history = client.get_metric_history(run.info.run_id, "loss/l_rec")
@@ -162,13 +162,21 @@ def test_resume_continues_the_same_run(demo_shards, local_ray, tmp_path, capsys)
     assert steps == [2, 4, 6, 8]
 
 
-def _train_workers():
-    """Ray Train worker processes of the Ray this test process started (its descendants only:
-    other Ray instances on the machine are not ours to kill)."""
+def _train_workers(since: float):
+    """This run's Ray Train worker processes: descendants of this test process (other Ray
+    instances on the machine are not ours to kill) started after ``since`` (earlier runs'
+    workers may linger a moment), alive."""
     import psutil
 
-    return [p for p in psutil.Process(os.getpid()).children(recursive=True)
-            if "RayTrainWorker" in " ".join(p.cmdline())]
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if ("RayTrainWorker" in " ".join(proc.cmdline()) and proc.create_time() >= since
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 def test_killed_worker_resumes_from_last_checkpoint(demo_shards, local_ray, tmp_path, capsys):
@@ -178,22 +186,20 @@ def test_killed_worker_resumes_from_last_checkpoint(demo_shards, local_ray, tmp_
     overrides = _overrides(demo_shards, tmp_path, steps, "killed",
                            ["eval.targets={}", "train.max_failures=2", f"train.checkpoint_every={every}"])
     result = {}
+    began = time.time()
     thread = threading.Thread(target=lambda: result.setdefault("rc", train.main(_argv(overrides))))
     thread.start()
     run_dir = tmp_path / "ray_results" / "killed"
-    # Wait until rank 0 has logged past the first checkpoint: its report (and so the checkpoint's
-    # registration with the controller) is complete then, not merely the upload of its folder.
+    # Kill only once Ray Train's controller has registered a checkpoint: it writes its snapshot
+    # (which names the checkpoints it knows) after the workers' report, a little later.
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
     deadline = time.time() + 240
-    logged = []
-    while time.time() < deadline and not any(m.step > every for m in logged):
-        time.sleep(0.5)
-        try:
-            _, runs = _mlflow_run(tmp_path, "killed")
-            logged = mlflow_history(tmp_path, runs[0], "loss/l_rec") if runs else []
-        except Exception:  # the store or the experiment is still being created by the driver
-            continue
-    assert any(m.step > every for m in logged), "training did not pass its first checkpoint in time"
-    workers = _train_workers()
+    while time.time() < deadline and not (snapshot.exists() and "checkpoint_" in snapshot.read_text()):
+        time.sleep(0.2)
+    assert snapshot.exists(), "no checkpoint was registered before the deadline"
+    _, runs = _mlflow_run(tmp_path, "killed")
+    logged = mlflow_history(tmp_path, runs[0], "loss/l_rec")
+    workers = _train_workers(began)
     assert workers, "no RayTrainWorker process found"
     workers[0].kill()
     killed_at = max(m.step for m in logged)

@@ -112,6 +112,13 @@ def _wrap_ddp(state, device: torch.device) -> None:
             setattr(state, name, DDP(module, device_ids=ids))
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class _Progress:
     """The live line: step, main losses, steps/s and ETA (rank 0; Ray streams it to the driver)."""
 
@@ -179,6 +186,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last = step >= cfg.train.steps
         if logger and (step % cfg.train.log_every == 0 or last):
             losses["steps_per_s"] = progress.rate(step)
+            losses["worker_peak_rss_mb"] = _peak_rss_mb()
             print(progress.line(step, losses), flush=True)
             logger.metrics(losses, step)
         evaluate_now = targets and (last or (cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
