@@ -29,7 +29,9 @@ class _Trainer:
 def test_a_storage_outage_is_retried_from_the_last_checkpoint(monkeypatch, capsys):
     outage = OSError("When initiating multiple part upload: AWS Error NETWORK_CONNECTION during "
                      "CreateMultipartUpload operation: curlCode: 7, Could not connect to server")
-    outcomes = [outage, outage, "result"]
+    restarting = OSError("AWS Error INTERNAL_FAILURE during GetObject operation: We encountered an "
+                         "internal error, please try again.")
+    outcomes = [outage, restarting, "result"]
     built = []
     monkeypatch.setattr(train, "build_trainer", lambda *a, **k: built.append(a) or _Trainer(outcomes))
     monkeypatch.setattr(train, "STORAGE_RETRY_WAIT_S", 0.0)

@@ -294,7 +294,8 @@ def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: 
 # Ray Train's controller writes its run snapshot to storage_path itself and gives up on the first
 # failed write; an S3 store that restarts or drops connections for a moment is worth waiting for.
 _STORAGE_ERRORS = ("NETWORK_CONNECTION", "Could not connect", "curlCode", "Connection refused",
-                   "Connection reset", "EndpointConnectionError", "Read timed out")
+                   "Connection reset", "EndpointConnectionError", "Read timed out",
+                   "INTERNAL_FAILURE", "InternalError", "ServiceUnavailable", "SlowDown")
 STORAGE_RETRY_WAIT_S = 10.0
 
 
