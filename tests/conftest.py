@@ -9,6 +9,17 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIPS = Path(os.environ.get("ZXVAD_REAL_CLIPS", ROOT.parent / "shared" / "data" / "real-clips"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and much faster on a shared, busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_clips() -> Path:
     """The recorded test footage; skipped (with the reason) outside this project's setup."""

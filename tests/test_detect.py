@@ -40,12 +40,8 @@ def save_checkpoint(folder: Path, G: torch.nn.Module | None = None, overrides=TI
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much faster on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Tiny models run fastest on one thread (the fixture lives in conftest.py)."""
 
 
 @pytest.fixture(scope="module")
