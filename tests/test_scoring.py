@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from zxvad.scoring import VideoResult, frame_auc, normalize_scores, per_video_scores, psnr
+from zxvad.scoring import (VideoResult, baseline_predictions, frame_auc, normalize_scores,
+                           per_video_scores, psnr)
 
 
 def test_psnr_on_unit_range():
@@ -61,3 +62,19 @@ def test_constant_video_gives_no_nan():
     # still: all 0 with labels [0, 0, 0, 1]; moving: [0, 1] with labels [0, 1]
     # positives {0, 1} vs negatives {0, 0, 0, 0}: (4 * .5 + 4 * 1) / 8 = 0.75
     assert frame_auc(videos, frames=1) == pytest.approx(0.75)
+
+
+def test_baseline_predictions_by_hand():
+    # one pixel, T = 3: v = 0.2, 0.4, 0.9 -> copy_last 0.9, mean 0.5, linear 2*0.9-0.4 = 1.4 -> 1
+    values = torch.tensor([0.2, 0.4, 0.9]).reshape(1, 3, 1, 1, 1).expand(1, 3, 3, 2, 2)
+    preds = baseline_predictions(values)
+    assert set(preds) == {"copy_last", "mean_T", "linear"}
+    assert preds["copy_last"].flatten().tolist() == pytest.approx([0.9] * 12)
+    assert preds["mean_T"].flatten().tolist() == pytest.approx([0.5] * 12)
+    assert preds["linear"].flatten().tolist() == pytest.approx([1.0] * 12)
+    down = baseline_predictions(-values)  # -0.9 - (-0.4) -> -1.4 clipped to -1
+    assert down["linear"].flatten().tolist() == pytest.approx([-1.0] * 12)
+    single = baseline_predictions(values[:, :1])
+    assert torch.equal(single["linear"], single["copy_last"])
+    with pytest.raises(ValueError, match="expected"):
+        baseline_predictions(values[0])

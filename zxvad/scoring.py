@@ -36,6 +36,28 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return 10 * torch.log10(1.0 / mse)
 
 
+BASELINES = ("copy_last", "mean_T", "linear")
+
+
+def baseline_predictions(inputs: Tensor) -> dict[str, Tensor]:
+    """Trivial predictors of v_{T+1} from v_1..v_T: the floor every AUC must be read against.
+
+    Args:
+        inputs: (B, T, 3, H, W) in [-1, 1].
+
+    Returns:
+        ``{"copy_last": v_T, "mean_T": mean of v_1..v_T, "linear": clip(2 v_T - v_{T-1})}``,
+        each (B, 3, H, W); ``linear`` equals ``copy_last`` when T = 1.
+    """
+    if inputs.dim() != 5:
+        raise ValueError(f"baseline_predictions: inputs of shape {tuple(inputs.shape)}, "
+                         "expected (B, T, 3, H, W)")
+    last = inputs[:, -1]
+    previous = inputs[:, -2] if inputs.shape[1] > 1 else last
+    return {"copy_last": last, "mean_T": inputs.mean(dim=1),
+            "linear": (2 * last - previous).clamp(-1, 1)}
+
+
 def normalize_scores(psnrs: np.ndarray) -> np.ndarray:
     """Anomaly scores of one video: 1 - (p - min) / (max - min); a constant video gives zeros."""
     p = np.asarray(psnrs, dtype=np.float64)
