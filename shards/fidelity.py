@@ -7,7 +7,8 @@ YUV -> RGB), so they measure the codec and nothing else:
 - the change in consecutive-frame PSNR, |PSNR(x'_t, x'_{t-1}) - PSNR(x_t, x_{t-1})|: how much
   the codec alters the frame-to-frame signal that every future-frame anomaly score is made of.
 
-Lossless VP9 gives 100 dB (``zxvad.scoring.psnr``'s cap for identical frames) and 0 dB.
+Lossless VP9 gives 100 dB (the PSNR cap for identical frames) and 0 dB. :func:`psnr` is
+``zxvad.scoring.psnr`` in numpy, so the build's workers never import torch (seconds per process).
 :class:`Fidelity` keeps sums, so clips, videos, buckets and resumed builds add up exactly.
 """
 
@@ -21,6 +22,14 @@ import numpy as np
 from shards.encode import decode_clip, to_rgb
 
 PSNR_CAP = 100.0  # zxvad.scoring.psnr of identical frames
+MIN_MSE = 1e-10  # zxvad.scoring.MIN_MSE: the floor that gives the cap
+
+
+def psnr(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """PSNR in dB per frame of ``(N, ...)`` arrays in [-1, 1], on their [0, 1] copies (``zxvad.scoring.psnr``)."""
+    diff = (np.asarray(pred, np.float64) - np.asarray(target, np.float64)) / 2
+    mse = np.maximum((diff ** 2).reshape(len(diff), -1).mean(axis=1), MIN_MSE)
+    return 10 * np.log10(1.0 / mse)
 
 
 @dataclass
@@ -69,22 +78,19 @@ def summary_line(report: dict[str, Any] | None) -> str:
             f"{report['consecutive_psnr_change_db_max']:.3f} dB max")
 
 
-def _as_tensor(frames: Sequence[np.ndarray]):
-    """uint8 ``(H, W, 3)`` frames -> float ``(N, 3, H, W)`` in [-1, 1], as the loaders give them."""
-    import torch
-
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+def _as_float(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` frames -> float ``(N, H, W, 3)`` in [-1, 1] (PSNR ignores the layout)."""
+    return np.stack(frames).astype(np.float32) / 127.5 - 1
 
 
 def measure_frames(reference, decoded) -> Fidelity:
-    """Fidelity of ``decoded`` against ``reference``: both ``(N, 3, H, W)`` in [-1, 1], N >= 1."""
-    from zxvad.scoring import psnr
-
+    """Fidelity of ``decoded`` against ``reference``: arrays or CPU tensors of N >= 1 frames in [-1, 1]."""
+    reference, decoded = np.asarray(reference), np.asarray(decoded)
     if reference.shape != decoded.shape:
         raise ValueError(f"fidelity: {tuple(decoded.shape)} decoded frames for a reference of "
                          f"{tuple(reference.shape)}")
-    to_input = psnr(decoded, reference).double().numpy()
-    change = (psnr(decoded[1:], decoded[:-1]) - psnr(reference[1:], reference[:-1])).abs().double().numpy()
+    to_input = psnr(decoded, reference)
+    change = np.abs(psnr(decoded[1:], decoded[:-1]) - psnr(reference[1:], reference[:-1]))
     return Fidelity(1, len(to_input), float(to_input.sum()), float(to_input.min()), len(change),
                     float(change.sum()), float(change.max()) if len(change) else 0.0)
 
@@ -94,4 +100,4 @@ def measure_clip(inputs: Sequence, data: bytes) -> Fidelity:
     decoded = decode_clip(data)
     if len(decoded) != len(inputs):
         raise ValueError(f"fidelity: the clip decodes to {len(decoded)} frames, {len(inputs)} went in")
-    return measure_frames(_as_tensor([to_rgb(f) for f in inputs]), _as_tensor([to_rgb(f) for f in decoded]))
+    return measure_frames(_as_float([to_rgb(f) for f in inputs]), _as_float([to_rgb(f) for f in decoded]))

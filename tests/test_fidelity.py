@@ -142,6 +142,14 @@ def test_default_quality_follows_split_and_codec(tmp_path, split, codec, quality
     assert manifest["options"]["quality"] == quality
 
 
+def test_fidelity_psnr_is_scorings_psnr():
+    from shards.fidelity import psnr
+
+    x, y = torch.rand(5, 3, 8, 8) * 2 - 1, torch.rand(5, 3, 8, 8) * 2 - 1
+    assert np.allclose(psnr(x.numpy(), y.numpy()), scoring.psnr(x, y).numpy(), atol=1e-4)
+    assert np.allclose(psnr(x.numpy(), x.numpy()), scoring.psnr(x, x).numpy())  # the same 100 dB cap
+
+
 # ------------------------------------------------------------------------------ the decoder's conversion
 
 @pytest.mark.parametrize("codec, quality", [("vp9", "lossless"), ("vp9", "compact"), ("mjpeg", "high")])
