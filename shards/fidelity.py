@@ -72,7 +72,8 @@ def summary_line(report: dict[str, Any] | None) -> str:
     if not report or not report.get("frames_checked"):
         return "fidelity: no clip checked"
     exact = " (exact)" if report["psnr_db_min"] >= PSNR_CAP else ""
-    return (f"fidelity ({report['clips_checked']} clips decoded again): PSNR to encoder input "
+    clips = f"{report['clips_checked']} clip{'s' if report['clips_checked'] != 1 else ''}"
+    return (f"fidelity ({clips} decoded again): PSNR to encoder input "
             f"{report['psnr_db_mean']:.2f} dB mean, {report['psnr_db_min']:.2f} dB min{exact}; "
             f"consecutive-frame PSNR changed by {report['consecutive_psnr_change_db_mean']:.3f} dB mean, "
             f"{report['consecutive_psnr_change_db_max']:.3f} dB max")
