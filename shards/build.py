@@ -5,6 +5,10 @@ clips, and each clip encoded (VP9 or MJPEG in Matroska) in a worker process or R
 the parent spools the clips per hash bucket -> shuffles a finished bucket (training sets) or
 keeps video order (test sets) -> writes ``PREFIX-%06d.tar`` + DALI index -> ``manifest.json``.
 
+Fidelity is an explicit ``quality``: test and training sets are stored lossless by default (the
+README's codec table is why); a sample of clips is decoded again during the build and the manifest records how far
+the stored frames, and their consecutive-frame PSNRs, are from what went into the encoder.
+
 Training sets: a video belongs to fraction ``f`` when ``video_hash(id) < f``; buckets end at
 ``FRACTION_CUTS`` and are written in hash order, so every cut fraction is a prefix of the shard
 list. Test sets: clips of one video overlap by ``overlap`` (= T) frames, so a model that sees T
@@ -30,13 +34,19 @@ import numpy as np
 from tqdm import tqdm
 
 from shards import readers
-from shards.encode import DEFAULT_FPS, encode_clip, resize_frame
-from shards.format import (CODECS, FORMAT_VERSION, FRACTION_CUTS, SHARD_PATTERN, VIDEO_EXT, ClipMeta,
+from shards.encode import DEFAULT_FPS, check_quality, encode_clip, resize_frame
+from shards.fidelity import Fidelity, measure_clip, summary_line
+from shards.format import (FORMAT_VERSION, FRACTION_CUTS, SHARD_PATTERN, VIDEO_EXT, ClipMeta,
                            sample_key, video_hash)
 from shards.writer import BuildError, BuildState, Spool, open_sink, plan_shards, write_shard
 
 MAX_SAMPLES = 1000
 MAX_BYTES = 256 * 2**20
+TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the frame-to-frame signal
+# Measured with `python -m zxvad.bench codec` (README): `high` shifts real clips' consecutive-frame
+# PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
+TRAIN_QUALITY = "lossless"
+FIDELITY_SAMPLE = 0.02  # clips decoded again per build, by key hash
 
 
 # ------------------------------------------------------------------------------- one video
@@ -46,36 +56,24 @@ def encode_video(task: tuple[Any, int, dict[str, Any]]) -> dict[str, Any]:
 
     Args:
         task: ``(video, position, options)``: a ``readers.Video``, its place in the listing, and
-            the build options (dataset, split, clip_len, overlap, size, codec).
+            the build options (dataset, split, clip_len, overlap, size, codec, quality,
+            fidelity_sample, always_check).
 
     Returns:
         ``{"video_id", "position", "clips": [(key, meta_json, mkv_bytes, frames)], "skipped",
-        "error", "frames_decoded", "source"}``; ``skipped`` is the reason a video was left out
-        (unreadable, too short), ``error`` a fault that must stop the build (labels that do not
-        match the frames).
+        "error", "frames_decoded", "source", "fidelity", "encode_seconds"}``; ``skipped`` is the
+        reason a video was left out (unreadable, too short), ``error`` a fault that must stop the
+        build (labels that do not match the frames), ``fidelity`` the sums of its checked clips.
     """
     video, position, opt = task
-    clip_len, codec, size = opt["clip_len"], opt["codec"], tuple(opt["size"])
-    keep = opt["overlap"] if opt["split"] == "test" else 0  # frames shared with the next clip
     result = {"video_id": video.video_id, "position": position, "clips": [], "skipped": None,
-              "error": None, "frames_decoded": 0, "source": _source_name(video)}
-    spans: list[tuple[int, int, bytes]] = []  # (first frame, frames, mkv)
-    buffer: list = []
-    first, n, orig_size = 0, 0, [0, 0]
+              "error": None, "frames_decoded": 0, "source": _source_name(video), "fidelity": None,
+              "encode_seconds": 0.0}
     try:
-        info = readers.probe(video)
-        fps = float(info.fps) if info.fps and info.fps > 0 else DEFAULT_FPS
-        for rgb in readers.read_frames(video):
-            if n == 0:
-                orig_size = list(rgb.shape[:2])
-            buffer.append(resize_frame(rgb, size, codec))
-            n += 1
-            if len(buffer) == clip_len:
-                spans.append((first, clip_len, encode_clip(buffer, codec, fps)))
-                buffer = buffer[clip_len - keep:] if keep else []
-                first = n - len(buffer)
-        if keep and len(buffer) > keep:  # test sets: a shorter last clip for the frames left
-            spans.append((first, len(buffer), encode_clip(buffer, codec, fps)))
+        spans, n, fps, orig_size = _cut_and_encode(video, opt, result)
+    except _FidelityError as e:  # a clip that does not decode to its frames is a codec fault
+        result["error"] = f"{result['source']}: {e}"
+        return result
     except Exception as e:  # noqa: BLE001 - any unreadable input is skipped with its reason
         result["skipped"] = _one_line(e)
         return result
@@ -86,19 +84,77 @@ def encode_video(task: tuple[Any, int, dict[str, Any]]) -> dict[str, Any]:
         result["error"] = str(e)
         return result
     if not spans:
-        need = clip_len if not keep else keep + 1
+        need = opt["clip_len"] if opt["split"] == "train" else opt["overlap"] + 1
         result["skipped"] = f"{n} frames, fewer than the {need} a clip needs" if n else "no frames decoded"
         return result
+    result["clips"] = _clip_entries(video, opt, spans, n, fps, orig_size)
+    return result
+
+
+class _FidelityError(Exception):
+    """A clip whose encoded bytes do not decode to the frames that went in."""
+
+
+def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple[list, int, float, list[int]]:
+    """``[(first frame, frames, mkv)]``, frames decoded, fps and source size of one video.
+
+    Sampled clips are decoded again as they are encoded (their input frames are not kept), and
+    their fidelity is summed into ``result["fidelity"]``.
+    """
+    clip_len, keep = opt["clip_len"], opt["overlap"] if opt["split"] == "test" else 0
+    info = readers.probe(video)
+    fps = float(info.fps) if info.fps and info.fps > 0 else DEFAULT_FPS
+    spans: list[tuple[int, int, bytes]] = []
+    buffer: list = []
+    first, n, orig_size = 0, 0, [0, 0]
+
+    def encode(frames: list, start: int) -> None:
+        began = time.perf_counter()
+        data = encode_clip(frames, opt["codec"], fps, opt["quality"])
+        result["encode_seconds"] += time.perf_counter() - began
+        if _sampled(opt, video.video_id, start):
+            try:
+                measured = measure_clip(frames, data)
+            except ValueError as e:
+                raise _FidelityError(str(e)) from None
+            total = Fidelity.from_dict(result["fidelity"]).add(measured)
+            result["fidelity"] = total.to_dict()
+        spans.append((start, len(frames), data))
+
+    for rgb in readers.read_frames(video):
+        if n == 0:
+            orig_size = list(rgb.shape[:2])
+        buffer.append(resize_frame(rgb, tuple(opt["size"]), opt["codec"]))
+        n += 1
+        if len(buffer) == clip_len:
+            encode(buffer, first)
+            buffer = buffer[clip_len - keep:] if keep else []
+            first = n - len(buffer)
+    if keep and len(buffer) > keep:  # test sets: a shorter last clip for the frames left
+        encode(buffer, first)
+    return spans, n, fps, orig_size
+
+
+def _sampled(opt: dict[str, Any], video_id: str, start: int) -> bool:
+    """Clips checked for fidelity: by key hash, and always the first clip of ``always_check``."""
+    key = sample_key(opt["dataset"], video_id, start)
+    return video_hash(key) < opt["fidelity_sample"] or (start == 0 and video_id == opt["always_check"])
+
+
+def _clip_entries(video, opt: dict[str, Any], spans: list, n: int, fps: float,
+                  orig_size: list[int]) -> list[tuple[str, bytes, bytes, int]]:
+    """``(key, meta_json, mkv_bytes, frames)`` of each clip of one video."""
     labels = np.asarray(video.labels).astype(int).tolist() if video.labels is not None else None
+    entries = []
     for i, (start, count, data) in enumerate(spans):
         meta = ClipMeta(dataset=opt["dataset"], video_id=video.video_id, first_frame=start,
-                        num_frames=count, fps=fps, orig_size=orig_size, size=list(size),
-                        split=opt["split"], codec=codec, label_class=video.label_class or "",
+                        num_frames=count, fps=fps, orig_size=orig_size, size=list(opt["size"]),
+                        split=opt["split"], codec=opt["codec"], label_class=video.label_class or "",
                         labels=labels[start:start + count] if labels is not None else [],
-                        video_frames=n, last_clip=opt["split"] == "test" and i == len(spans) - 1)
-        key = sample_key(opt["dataset"], video.video_id, start)
-        result["clips"].append((key, meta.to_json(), data, count))
-    return result
+                        video_frames=n, last_clip=opt["split"] == "test" and i == len(spans) - 1,
+                        quality=opt["quality"])
+        entries.append((sample_key(opt["dataset"], video.video_id, start), meta.to_json(), data, count))
+    return entries
 
 
 def _input_bytes(video) -> int:
@@ -156,8 +212,16 @@ def bucket_of(hash_value: float, split: str) -> int:
     return bisect.bisect_right(FRACTION_CUTS, hash_value) if split == "train" else 0
 
 
+def default_quality(split: str, codec: str = "vp9") -> str:
+    """``TEST_QUALITY`` or ``TRAIN_QUALITY`` for VP9; MJPEG has no lossless mode DALI decodes: high."""
+    if codec != "vp9":
+        return "high"
+    return TEST_QUALITY if split == "test" else TRAIN_QUALITY
+
+
 def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "train", clip_len: int = 16,
-          overlap: int = 4, size: tuple[int, int] = (256, 256), codec: str = "vp9", fraction: float = 1.0,
+          overlap: int = 4, size: tuple[int, int] = (256, 256), codec: str = "vp9",
+          quality: str | None = None, fidelity_sample: float = FIDELITY_SAMPLE, fraction: float = 1.0,
           workers: int = 1, seed: int = 0, max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
           prefix: str | None = None, use_ray: bool = False, progress: bool = True, list_split: int = 1,
           work_dir: str | Path | None = None) -> dict[str, Any]:
@@ -172,6 +236,9 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
         overlap: frames shared by consecutive test clips (T of the model).
         size: ``(H, W)`` of the stored frames, both even.
         codec: ``"vp9"`` or ``"mjpeg"``.
+        quality: ``"lossless"`` (VP9 only), ``"high"`` or ``"compact"``; None: :func:`default_quality`.
+        fidelity_sample: fraction of clips decoded again to measure fidelity (by key hash; the first
+            clip of the first video is always checked).
         fraction: keep the videos whose id-hash is below it.
         workers: encoding processes (ignored with ``use_ray``).
         seed: the training-set shuffle.
@@ -191,75 +258,31 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
             errors, or labels that do not match a video's frames.
     """
     started = time.time()
-    size = _check_options(dataset, split, clip_len, overlap, size, codec, fraction, workers,
-                          max_samples, max_bytes)
+    quality = quality or default_quality(split, codec)
+    size = _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample,
+                          fraction, workers, max_samples, max_bytes)
     prefix = prefix or f"{dataset}-{split}"
-    listing_skipped: list[tuple[str, str]] = []  # listed but missing or empty
-    try:
-        videos = readers.list_videos(dataset, root, split, list_split=list_split, skipped=listing_skipped)
-    except readers.ReaderError as e:
-        raise BuildError(str(e)) from None
-    tasks = _plan_tasks(dataset, videos, split, fraction)
-    if not tasks:
-        raise BuildError(f"fraction {fraction}: none of the {len(videos)} videos under {root} falls below it")
+    tasks, listing_skipped = _list_tasks(dataset, root, split, list_split, fraction)
     options = {"root": str(Path(root).resolve()), "list_split": list_split, "clip_len": clip_len,
-               "overlap": overlap, "size": list(size), "codec": codec, "fraction": fraction, "seed": seed,
+               "overlap": overlap, "size": list(size), "codec": codec, "quality": quality,
+               "fidelity_sample": fidelity_sample, "fraction": fraction, "seed": seed,
                "max_samples": max_samples, "max_bytes": max_bytes, "prefix": prefix, "video_ext": VIDEO_EXT}
     header = {"format_version": FORMAT_VERSION, "dataset": dataset, "split": split, "options": options}
     sink = open_sink(out, work_dir)
-    run = {"seconds": 0.0, "frames_decoded": 0, "frames_per_second": 0.0, "resumed": False,
-           "aborted_uploads": getattr(sink, "aborted", 0)}
+    run = {"seconds": 0.0, "frames_decoded": 0, "frames_per_second": 0.0, "encode_seconds": 0.0,
+           "resumed": False, "aborted_uploads": getattr(sink, "aborted", 0)}
 
     state, finished = _open_state(sink, header, prefix)
     if finished is not None:  # built before with the same options: nothing to do
         return {**finished, "run": {**run, "resumed": True}}
     run["resumed"] = state.resumed
-
-    buckets = sorted({bucket_of(h, split) for _, h in tasks} | {int(b) for b in state.buckets_done})
-    spools = {b: Spool(sink.work / f"bucket-{b:02d}") for b in buckets if not state.bucket_done(b)}
-    todo: dict[int, list] = {b: [] for b in spools}
-    for (video, position), h in tasks:
-        b = bucket_of(h, split)
-        if b in spools and video.video_id not in spools[b].records:
-            todo[b].append(video)
-    remaining = {b: len(todo[b]) for b in spools}
-    hashes = {video.video_id: h for (video, _), h in tasks}
-    positions = {video.video_id: position for (video, position), _ in tasks}
-    opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap,
-           "size": list(size), "codec": codec}
-    # Buckets in hash order (they finish, and get written, in turn); in each, the longest videos
-    # first, so that no worker is left with a long one at the end while the others idle.
-    work = [(v, positions[v.video_id], opt) for b in sorted(todo)
-            for v in sorted(todo[b], key=_input_bytes, reverse=True)]
-
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(work), unit="video", disable=not progress,
-               desc=f"{dataset}-{split}", dynamic_ncols=True)
-    results = _run_ray(work) if use_ray else _run_local(work, workers)
-    try:
-        pending = sorted(spools)
-        pending = _flush_buckets(pending, remaining, spools, state, sink, split, seed, prefix,
-                                 max_samples, max_bytes)
-        for result in results:
-            if result["error"]:
-                raise BuildError(result["error"])
-            vid = result["video_id"]
-            b = bucket_of(hashes[vid], split)
-            spools[b].append(vid, result["position"], hashes[vid], result["clips"], result["skipped"],
-                             result["frames_decoded"], result["source"])
-            remaining[b] -= 1
-            run["frames_decoded"] += result["frames_decoded"]
-            bar.update(1)
-            bar.set_postfix(fps=f"{run['frames_decoded'] / max(time.time() - started, 1e-9):.0f}")
-            pending = _flush_buckets(pending, remaining, spools, state, sink, split, seed, prefix,
-                                     max_samples, max_bytes)
-    finally:
-        bar.close()
-        if hasattr(results, "close"):
-            results.close()  # stops the worker pool when the loop ends early
-        for spool in spools.values():
-            spool.close()
-    if pending:
-        raise BuildError(f"{sink}: buckets {pending} did not finish")  # a worker result went missing
+    writer = _BucketWriter(sink, state, tasks, split, seed, prefix, max_samples, max_bytes)
+    opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap, "size": list(size),
+           "codec": codec, "quality": quality, "fidelity_sample": fidelity_sample,
+           "always_check": tasks[0][0][0].video_id}
+    _encode_all(writer, writer.work(opt), len(tasks), workers=workers, use_ray=use_ray, run=run,
+                bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
+                         dynamic_ncols=True))
 
     manifest = _manifest(header, state, listing_skipped)
     sink.write_manifest(manifest)
@@ -267,6 +290,116 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     run["seconds"] = time.time() - started
     run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
     return {**manifest, "run": run}
+
+
+def _list_tasks(dataset: str, root: str | Path, split: str, list_split: int,
+                fraction: float) -> tuple[list, list[tuple[str, str]]]:
+    """The videos to shard (see :func:`_plan_tasks`) and the listed inputs that are missing or empty."""
+    listing_skipped: list[tuple[str, str]] = []
+    try:
+        videos = readers.list_videos(dataset, root, split, list_split=list_split, skipped=listing_skipped)
+    except readers.ReaderError as e:
+        raise BuildError(str(e)) from None
+    tasks = _plan_tasks(dataset, videos, split, fraction)
+    if not tasks:
+        raise BuildError(f"fraction {fraction}: none of the {len(videos)} videos under {root} falls below it")
+    return tasks, listing_skipped
+
+
+def _encode_all(writer: "_BucketWriter", work: list, total: int, *, workers: int, use_ray: bool,
+                run: dict[str, Any], bar) -> None:
+    """Encode ``work`` (in processes or Ray tasks), spool each video, write buckets as they finish."""
+    began = time.time()
+    bar.update(total - len(work))  # videos spooled by an interrupted run
+    results = _run_ray(work) if use_ray else _run_local(work, workers)
+    try:
+        writer.flush()
+        for result in results:
+            if result["error"]:
+                raise BuildError(result["error"])
+            writer.add(result)
+            run["frames_decoded"] += result["frames_decoded"]
+            run["encode_seconds"] += result["encode_seconds"]
+            bar.update(1)
+            bar.set_postfix(fps=f"{run['frames_decoded'] / max(time.time() - began, 1e-9):.0f}")
+    finally:
+        bar.close()
+        if hasattr(results, "close"):
+            results.close()  # stops the worker pool when the loop ends early
+        writer.close()
+    if writer.pending:
+        raise BuildError(f"{writer.sink}: buckets {writer.pending} did not finish")  # a result went missing
+
+
+class _BucketWriter:
+    """Spools finished videos per hash bucket; writes a bucket's shards once all its videos are in.
+
+    Buckets are written in hash order, so every ``FRACTION_CUTS`` fraction is a prefix of the shards.
+    """
+
+    def __init__(self, sink, state: BuildState, tasks: list, split: str, seed: int, prefix: str,
+                 max_samples: int, max_bytes: int):
+        self.sink, self.state, self.split, self.seed, self.prefix = sink, state, split, seed, prefix
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.hashes = {video.video_id: h for (video, _), h in tasks}
+        buckets = sorted({bucket_of(h, split) for _, h in tasks} | {int(b) for b in state.buckets_done})
+        self.spools = {b: Spool(sink.work / f"bucket-{b:02d}") for b in buckets if not state.bucket_done(b)}
+        self.todo: dict[int, list] = {b: [] for b in self.spools}
+        for (video, position), h in tasks:
+            b = bucket_of(h, split)
+            if b in self.spools and video.video_id not in self.spools[b].records:
+                self.todo[b].append((video, position))
+        self.remaining = {b: len(videos) for b, videos in self.todo.items()}
+        self.pending = sorted(self.spools)
+
+    def work(self, opt: dict[str, Any]) -> list[tuple[Any, int, dict[str, Any]]]:
+        """Encoding tasks: buckets in hash order, in each the longest videos first (no idle tail)."""
+        return [(video, position, opt) for b in sorted(self.todo)
+                for video, position in sorted(self.todo[b], key=lambda t: _input_bytes(t[0]), reverse=True)]
+
+    def add(self, result: dict[str, Any]) -> None:
+        vid = result["video_id"]
+        b = bucket_of(self.hashes[vid], self.split)
+        self.spools[b].append(vid, result["position"], self.hashes[vid], result["clips"], result["skipped"],
+                              result["frames_decoded"], result["source"], result["fidelity"])
+        self.remaining[b] -= 1
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the shards of every leading bucket whose videos are all spooled."""
+        while self.pending and self.remaining[self.pending[0]] == 0:
+            self._write_bucket(self.pending.pop(0))
+
+    def _write_bucket(self, b: int) -> None:
+        spool = self.spools[b]
+        clips = spool.clips()
+        if self.split == "train":  # the same seed gives the same clip-to-shard assignment on a re-run
+            clips.sort(key=lambda c: c.key)
+            order = np.random.default_rng([self.seed, b]).permutation(len(clips))
+            clips = [clips[i] for i in order]
+        else:
+            clips.sort(key=lambda c: c.order)
+        done = self.state.done_keys(b)
+        clips = [c for c in clips if c.key not in done]
+        for group in plan_shards(clips, self.max_samples, self.max_bytes):
+            name = SHARD_PATTERN.format(prefix=self.prefix, index=len(self.state.shards))
+            entry = write_shard(self.sink.staging, name, group, spool)
+            self.sink.publish(name)
+            self.state.add_shard(entry, b, [c.key for c in group])
+        fidelity = _sum_fidelity(spool.fidelity())
+        self.state.finish_bucket(b, spool.videos(), spool.skipped(), fidelity.to_dict() if fidelity.clips else None)
+        spool.remove()
+
+    def close(self) -> None:
+        for spool in self.spools.values():
+            spool.close()
+
+
+def _sum_fidelity(records: list[dict[str, Any]]) -> Fidelity:
+    total = Fidelity()
+    for record in records:
+        total = total.add(Fidelity.from_dict(record))
+    return total
 
 
 def _open_state(sink, header: dict[str, Any], prefix: str) -> tuple[BuildState, dict[str, Any] | None]:
@@ -295,17 +428,20 @@ def _manifest(header: dict[str, Any], state: BuildState,
     totals = {"videos": state.videos(), "clips": sum(s["samples"] for s in shards),
               "frames": sum(s["frames"] for s in shards), "bytes": sum(s["bytes"] for s in shards),
               "skipped": len(skipped), "shards": len(shards)}
-    return {**header, "shards": shards, "skipped": skipped, "totals": totals}
+    fidelity = _sum_fidelity(state.fidelity()).report(header["options"]["fidelity_sample"])
+    return {**header, "shards": shards, "skipped": skipped, "totals": totals, "fidelity": fidelity}
 
 
-def _check_options(dataset, split, clip_len, overlap, size, codec, fraction, workers, max_samples,
-                   max_bytes) -> tuple[int, int]:
+def _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample, fraction,
+                   workers, max_samples, max_bytes) -> tuple[int, int]:
     if dataset not in readers.DATASETS:
         raise BuildError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(readers.DATASETS))})")
     if split not in ("train", "test"):
         raise BuildError(f"split {split!r}: expected train or test")
-    if codec not in CODECS:
-        raise BuildError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
+    try:
+        check_quality(codec, quality)
+    except ValueError as e:
+        raise BuildError(str(e)) from None
     if isinstance(size, (int, str)):
         size = parse_size(str(size))
     size = tuple(int(x) for x in size)
@@ -314,6 +450,7 @@ def _check_options(dataset, split, clip_len, overlap, size, codec, fraction, wor
     checks = [("clip_len", clip_len, clip_len >= 2, "at least 2"),
               ("overlap", overlap, split == "train" or 0 <= overlap < clip_len, "in [0, clip_len)"),
               ("fraction", fraction, 0 < fraction <= 1, "in (0, 1]"),
+              ("fidelity_sample", fidelity_sample, 0 <= fidelity_sample <= 1, "in [0, 1]"),
               ("workers", workers, workers >= 1, "at least 1"),
               ("max_samples", max_samples, max_samples >= 1, "at least 1"),
               ("max_bytes", max_bytes, max_bytes >= 1, "at least 1")]
@@ -339,32 +476,6 @@ def _plan_tasks(dataset: str, videos: list, split: str,
     if split == "train":
         tasks.sort(key=lambda t: (t[1], t[0][0].video_id))
     return tasks
-
-
-def _flush_buckets(pending: list[int], remaining: dict[int, int], spools: dict[int, Spool],
-                   state: BuildState, sink, split: str, seed: int, prefix: str, max_samples: int,
-                   max_bytes: int) -> list[int]:
-    """Write the shards of every leading bucket whose videos are all spooled; return the rest."""
-    while pending and remaining[pending[0]] == 0:
-        b = pending.pop(0)
-        spool = spools[b]
-        clips = spool.clips()
-        if split == "train":  # the same seed gives the same clip-to-shard assignment on a re-run
-            clips.sort(key=lambda c: c.key)
-            order = np.random.default_rng([seed, b]).permutation(len(clips))
-            clips = [clips[i] for i in order]
-        else:
-            clips.sort(key=lambda c: c.order)
-        done = state.done_keys(b)
-        clips = [c for c in clips if c.key not in done]
-        for group in plan_shards(clips, max_samples, max_bytes):
-            name = SHARD_PATTERN.format(prefix=prefix, index=len(state.shards))
-            entry = write_shard(sink.staging, name, group, spool)
-            sink.publish(name)
-            state.add_shard(entry, b, [c.key for c in group])
-        state.finish_bucket(b, spool.videos(), spool.skipped())
-        spool.remove()
-    return pending
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -395,20 +506,31 @@ def parse_bytes(text: str) -> int:
 
 def summary(manifest: dict[str, Any]) -> str:
     """The lines the CLI prints after a build."""
-    t, run = manifest["totals"], manifest.get("run", {})
+    t, run, options = manifest["totals"], manifest.get("run", {}), manifest["options"]
+    encode_fps = run.get("frames_decoded", 0) / run["encode_seconds"] if run.get("encode_seconds") else 0
     lines = [f"{t['shards']} shards, {t['videos']} videos, {t['clips']} clips, {t['frames']} frames, "
              f"{t['bytes'] / 2**20:.1f} MiB ({t['bytes'] / max(t['frames'], 1):.0f} bytes/frame), "
-             f"{t['skipped']} skipped",
+             f"{t['skipped']} skipped; stored {options['codec']} {options.get('quality', '?')}",
              f"{run.get('frames_decoded', 0)} frames decoded in {run.get('seconds', 0):.1f} s: "
              f"{run.get('frames_per_second', 0):.1f} frames/s"
-             + (" (resumed)" if run.get("resumed") else "")]
+             + (f" (encoder alone {encode_fps:.0f} frames/s)" if encode_fps else "")
+             + (" (resumed)" if run.get("resumed") else ""),
+             summary_line(manifest.get("fidelity"))]
     lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"]]
     return "\n".join(lines)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one ``error:`` line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _OneLineParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("dataset", metavar="DATASET", help="one of: " + ", ".join(sorted(readers.DATASETS)))
     p.add_argument("--root", required=True, help="the dataset's folder")
     p.add_argument("--out", required=True, help="output folder or s3://BUCKET/PREFIX")
@@ -417,6 +539,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--overlap", type=int, default=4, help="frames shared by consecutive test clips (T)")
     p.add_argument("--size", default="256x256", help="stored frame size HxW (even numbers)")
     p.add_argument("--codec", default="vp9", help="vp9 (compact) or mjpeg (fast to decode)")
+    p.add_argument("--quality", default=None, help="lossless (vp9 only), high or compact; default: "
+                   f"{TEST_QUALITY} for --split test, {TRAIN_QUALITY} for train (high with mjpeg)")
+    p.add_argument("--fidelity-sample", type=float, default=FIDELITY_SAMPLE,
+                   help="fraction of clips decoded again to measure fidelity (1 = every clip)")
     p.add_argument("--fraction", type=float, default=1.0, help="keep videos whose id-hash is below it")
     p.add_argument("--workers", type=int, default=1, help="encoding processes")
     p.add_argument("--ray", action="store_true", help="encode as Ray tasks (local Ray or RAY_ADDRESS)")
@@ -431,7 +557,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         manifest = build(args.dataset, args.root, args.out, split=args.split, clip_len=args.clip_len,
                          overlap=args.overlap, size=parse_size(args.size), codec=args.codec,
-                         fraction=args.fraction, workers=args.workers, seed=args.seed,
+                         quality=args.quality, fidelity_sample=args.fidelity_sample, fraction=args.fraction, workers=args.workers, seed=args.seed,
                          max_samples=args.max_samples, max_bytes=parse_bytes(args.max_bytes),
                          prefix=args.prefix, use_ray=args.ray, progress=not args.quiet,
                          list_split=args.list_split, work_dir=args.work_dir)

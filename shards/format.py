@@ -51,6 +51,7 @@ class ClipMeta:
     labels: list[int] = field(default_factory=list)  # test sets: per-frame 0/1, len == num_frames
     video_frames: int = 0  # length of the whole source video
     last_clip: bool = False  # test sets: the last clip of its video
+    quality: str = ""  # lossless | high | compact ("" : built before qualities were recorded)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -93,8 +93,9 @@ class Spool:
 
     def append(self, video_id: str, order: int, video_hash: float,
                clips: Sequence[tuple[str, bytes, bytes, int]], skipped: str | None = None,
-               frames_decoded: int = 0, source: str = "") -> None:
-        """Add one finished video: ``clips`` are ``(key, meta_json, video_bytes, num_frames)``."""
+               frames_decoded: int = 0, source: str = "", fidelity: dict[str, Any] | None = None) -> None:
+        """Add one finished video: ``clips`` are ``(key, meta_json, video_bytes, num_frames)``;
+        ``fidelity`` is whatever the builder measured on it, kept until its bucket is written."""
         entries = []
         for key, meta, data, frames in clips:
             offset = self._bin.tell()
@@ -102,7 +103,7 @@ class Spool:
             entries.append([key, offset, len(data), meta.decode(), frames])
         self._bin.flush()
         record = {"video_id": video_id, "order": order, "hash": video_hash, "clips": entries,
-                  "skipped": skipped, "frames_decoded": frames_decoded, "source": source or video_id}
+                  "skipped": skipped, "frames_decoded": frames_decoded, "source": source or video_id, "fidelity": fidelity}
         self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._journal.flush()
         self.records[video_id] = record
@@ -119,6 +120,10 @@ class Spool:
     def skipped(self) -> list[dict[str, str]]:
         return [{"input": r["source"], "reason": r["skipped"]}
                 for r in sorted(self.records.values(), key=lambda r: r["order"]) if r["skipped"]]
+
+    def fidelity(self) -> list[dict[str, Any]]:
+        """The fidelity records of the videos that have one."""
+        return [r["fidelity"] for r in self.records.values() if r.get("fidelity")]
 
     def read(self, clip: Clip) -> bytes:
         with open(self.bin_path, "rb") as f:
@@ -229,8 +234,9 @@ class BuildState:
         self.shards.append({**entry, "bucket": bucket, "keys": keys})
         self.save()
 
-    def finish_bucket(self, bucket: int, videos: int, skipped: list[dict[str, str]]) -> None:
-        self.buckets_done[str(bucket)] = {"videos": videos, "skipped": skipped}
+    def finish_bucket(self, bucket: int, videos: int, skipped: list[dict[str, str]],
+                      fidelity: dict[str, Any] | None = None) -> None:
+        self.buckets_done[str(bucket)] = {"videos": videos, "skipped": skipped, "fidelity": fidelity}
         self.save()
 
     def bucket_done(self, bucket: int) -> bool:
@@ -248,6 +254,10 @@ class BuildState:
 
     def videos(self) -> int:
         return sum(done["videos"] for done in self.buckets_done.values())
+
+    def fidelity(self) -> list[dict[str, Any]]:
+        """The fidelity records of the finished buckets that have one."""
+        return [done["fidelity"] for done in self.buckets_done.values() if done.get("fidelity")]
 
 
 # ---------------------------------------------------------------------------------------- sinks

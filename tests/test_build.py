@@ -213,6 +213,10 @@ def test_labels_that_do_not_match_frames_name_the_video(tmp_path):
     (["videofolder", "--root", "{tmp}/v", "--fraction", "0"], "fraction 0.0"),
     (["videofolder", "--root", "{tmp}/v", "--fraction", "0.000001"], "none of the 1 videos"),
     (["videofolder", "--root", "{tmp}/v", "--out", "{tmp}/file/sub"], "not writable"),
+    (["videofolder", "--root", "{tmp}/v", "--quality", "best"], "quality 'best': expected one of lossless, high, compact"),
+    (["videofolder", "--root", "{tmp}/v", "--codec", "mjpeg", "--quality", "lossless"], "needs --codec vp9"),
+    (["videofolder", "--root", "{tmp}/v", "--fidelity-sample", "2"], "fidelity_sample 2.0: expected in [0, 1]"),
+    (["videofolder", "--root", "{tmp}/v", "--fidelity-sample", "most"], "--fidelity-sample: invalid float value"),
 ])
 def test_bad_input_fails_with_one_line(tmp_path, capsys, args, message):
     write_clips_folder(tmp_path / "v", [5])
@@ -220,9 +224,16 @@ def test_bad_input_fails_with_one_line(tmp_path, capsys, args, message):
     argv = [a.format(tmp=tmp_path) for a in args]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "o")]
-    assert main(argv + ["--quiet"]) == 2
+    try:
+        code = main(argv + ["--quiet"])
+    except SystemExit as e:  # argparse's own type checks exit instead of returning
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    if "--out" not in args:
+        assert not (tmp_path / "o").exists()  # rejected before any work: nothing written
+
 
 
 def test_cli_help_and_error_exit_in_a_subprocess(tmp_path):
@@ -291,9 +302,10 @@ def test_rerun_of_a_finished_build_changes_nothing(tmp_path):
 def test_workers_give_the_same_shards(tmp_path):
     write_clips_folder(tmp_path / "v", [8, 12, 9, 4])
     kw = dict(clip_len=4, size=(16, 16), progress=False)
-    one = build("videofolder", tmp_path / "v", tmp_path / "one", **kw)
-    two = build("videofolder", tmp_path / "v", tmp_path / "two", workers=2, **kw)
+    one = build("videofolder", tmp_path / "v", tmp_path / "one", fidelity_sample=1.0, **kw)
+    two = build("videofolder", tmp_path / "v", tmp_path / "two", workers=2, fidelity_sample=1.0, **kw)
     assert [s["sha256"] for s in one["shards"]] == [s["sha256"] for s in two["shards"]]
+    assert one["fidelity"] == two["fidelity"] and one["fidelity"]["clips_checked"] == 2 + 3 + 2 + 1
     assert one["totals"] == two["totals"] and one["totals"]["clips"] == 2 + 3 + 2 + 1
 
 

@@ -251,6 +251,20 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frame
     return files
 
 
+def storage_lines(targets: dict[str, str]) -> tuple[list[str], list[str]]:
+    """How each target's test shards were stored, and one warning per lossy target."""
+    from zxvad.data import is_lossless, shard_set_quality
+
+    lines, warnings = [], []
+    for name, spec in targets.items():
+        quality = shard_set_quality(spec)
+        lines.append(f"target {name}: {spec} stored {quality}")
+        if not is_lossless(quality):
+            warnings.append(f"warning: target {name} is stored lossy ({quality}): codec noise enters every "
+                            "frame score; rebuild it with `python -m shards.build ... --split test` (lossless)")
+    return lines, warnings
+
+
 def parse_targets(items: list[str]) -> dict[str, str]:
     """``["ped2=shards/ped2", ...]`` -> ``{"ped2": "shards/ped2"}``; one clear error otherwise."""
     targets = {}
@@ -286,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         if not targets:
             raise ValueError("no --target given and the checkpoint's config names none")
         resolved = {name: resolve_shards(spec) for name, spec in targets.items()}
+        stored, warnings = storage_lines(targets)
+        print("\n".join(stored))
+        for warning in warnings:
+            print(warning, file=sys.stderr)
         with EnergyMeter(device) as meter:
             results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
                                        device=device, batch_size=args.batch_size or cfg.eval.batch_size,

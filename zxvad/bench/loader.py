@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     dali = ClipLoader(shards, batch_size=args.batch_size, frames=args.frames, size=args.size,
                       device=args.device, threads=args.workers, shuffle_buffer=64)
     print(f"{len(shards)} shards, {dali.part_size} clips; batch {args.batch_size} x {args.frames} frames "
-          f"at {args.size[0]}x{args.size[1]}, {args.workers} workers, decoder {dali.decoder}", file=sys.stderr)
+          f"at {args.size[0]}x{args.size[1]}, {args.workers} workers, decoder {dali.decoder}, stored {dali.quality}",
+          file=sys.stderr)
     dali_rate = _time(dali, args.batches, args.warmup, "DALI")
     dali_rss = _peak_rss_mb()
     del dali

@@ -9,7 +9,7 @@
         for x, frame_index, label in windows: ...
 """
 
-from zxvad.data.shardset import ShardError, check_shards, resolve_shards
+from zxvad.data.shardset import ShardError, check_shards, is_lossless, resolve_shards, shard_set_quality
 from zxvad.data.windows import iterate_videos, prediction_windows
 
 
@@ -22,5 +22,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'zxvad.data' has no attribute {name!r}")
 
 
-__all__ = ["ShardError", "resolve_shards", "check_shards", "ClipLoader", "DonorLoader", "EvalLoader",
+__all__ = ["ShardError", "resolve_shards", "check_shards", "shard_set_quality", "is_lossless", "ClipLoader", "DonorLoader", "EvalLoader",
            "EvalClip", "prediction_windows", "iterate_videos"]

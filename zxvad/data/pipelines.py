@@ -22,7 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy, feed_ndarray
 
 from shards.format import META_EXT, VIDEO_EXT, ClipMeta
-from zxvad.data.shardset import ShardError, ShardInfo, check_shards, is_s3
+from zxvad.data.shardset import ShardError, ShardInfo, check_shards, is_s3, stored_quality
 
 READER = "reader"  # the reader's name, through which iterators learn the epoch size
 
@@ -123,6 +123,7 @@ class _RandomLoader:
             raise ShardError(f"batch_size {batch_size}: expected >= 1")
         self.device, device_id = _device(device)
         self.infos = check_shards(list(shards), gpu=device_id is not None)
+        self.quality = stored_quality(self.infos)  # e.g. "vp9 high"; printed by the commands
         self.batch_size = batch_size
         self.decoder = "mixed" if device_id is not None else "cpu"  # NVDEC on a GPU
         self.pipe = pipeline(
@@ -237,6 +238,7 @@ class EvalLoader:
         _check_rank(shard_id, num_shards)
         self.device, self.device_id = _device(device)
         self.infos = check_shards(list(shards), gpu=self.device_id is not None)
+        self.quality = stored_quality(self.infos)  # e.g. "vp9 lossless"; lossy test sets blur scores
         self.size, self.threads, self.batch_size = tuple(size), threads, batch_size
         self.shard_id, self.num_shards = shard_id, num_shards
         self.part_size = _part_size(sum(i.samples for i in self.infos), shard_id, num_shards)

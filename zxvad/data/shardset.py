@@ -131,6 +131,24 @@ def resolve_shards(spec: str, fraction: float = 1.0) -> list[str]:
     return [_join(base, s["name"]) for s in chosen]
 
 
+def stored_quality(infos: list[ShardInfo]) -> str:
+    """How the clips were stored, e.g. ``"vp9 lossless"`` (several joined with ``+``)."""
+    kinds = sorted({f"{i.first.codec} {i.first.quality or 'unrecorded'}" for i in infos})
+    return " + ".join(kinds)
+
+
+def shard_set_quality(spec: str) -> str:
+    """:func:`stored_quality` of a shard set from its manifest alone (no shard is opened)."""
+    manifest, _ = load_manifest(spec if is_s3(spec) else os.path.abspath(spec))
+    options = manifest.get("options", {})
+    return f"{options.get('codec', '?')} {options.get('quality') or 'unrecorded'}"
+
+
+def is_lossless(quality: str) -> bool:
+    """True when every part of a :func:`stored_quality` string is lossless."""
+    return all(part.endswith(" lossless") for part in quality.split(" + "))
+
+
 def parse_index(text: str, index_path: str) -> list[dict[str, tuple[int, int]]]:
     """A DALI webdataset index (``v1.2 N``, then ``ext offset size name`` per entry, one sample a
     line) as ``{ext: (offset, size)}`` per sample."""
