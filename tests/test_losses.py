@@ -100,7 +100,7 @@ def arcface_by_hand(cos_target, cos_other, margin_deg=28.6, s=64.0):
 
 
 def test_relative_attention_affirmation_separated_is_lower():
-    raa = losses.RelativeAttentionAffirmation(embedding_size=4)
+    raa = losses.ArcFace(embedding_size=4)
     with torch.no_grad():
         raa.arcface.W.zero_()
         raa.arcface.W[0, losses.NORMAL] = 1.0
@@ -127,18 +127,21 @@ def test_augmentation_changes_images_within_range():
     assert y.min() >= -1e-4 and y.max() <= 1 + 1e-4
 
 
+UNIFORM_8 = torch.full((2, 8, 2, 2), 1 / 8)  # memory weights with entropy log 8
+
+
 def test_generator_objective_combines_eq1():
     cfg = LossConfig(alpha_D=0.2, alpha_N=0.5, mem_weight=0.01)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    out = losses.generator_objective(x, x, torch.tensor(3.0), torch.zeros(2, 1, 2, 2),
+    out = losses.generator_objective(x, x, UNIFORM_8, torch.zeros(2, 1, 2, 2),
                                      torch.zeros(2, 1, 2, 2), cfg)
     assert out["l_rec"].item() == pytest.approx(0.0, abs=1e-5)
-    assert out["l_bb"].item() == pytest.approx(0.03, abs=1e-5)  # 0.01 * 3
+    assert out["l_bb"].item() == pytest.approx(0.01 * math.log(8), abs=1e-5)
     assert out["l_g_adv_d"].item() == out["l_g_adv_n"].item() == pytest.approx(0.5)
-    assert out["l_g"].item() == pytest.approx(0.03 + 0.2 * 0.5 + 0.5 * 0.5, abs=1e-5)
-    off = losses.generator_objective(x, x, torch.tensor(3.0), torch.zeros(2, 1, 2, 2), None, cfg)
+    assert out["l_g"].item() == pytest.approx(0.01 * math.log(8) + 0.2 * 0.5 + 0.5 * 0.5, abs=1e-5)
+    off = losses.generator_objective(x, x, UNIFORM_8, torch.zeros(2, 1, 2, 2), None, cfg)
     assert off["l_g_adv_n"].item() == 0.0
-    assert off["l_g"].item() == pytest.approx(0.03 + 0.1, abs=1e-5)
+    assert off["l_g"].item() == pytest.approx(0.01 * math.log(8) + 0.1, abs=1e-5)
 
 
 def test_normalcy_objective_weights_eq6():
@@ -147,7 +150,7 @@ def test_normalcy_objective_weights_eq6():
     n_hat, n_tilde = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
     a, ag, at = torch.rand(2, 4, 4), torch.rand(2, 4, 4), torch.rand(2, 4, 4)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    raa = losses.RelativeAttentionAffirmation(16, cfg.arcface_margin, cfg.arcface_scale)
+    raa = losses.ArcFace(16, cfg.arcface_margin, cfg.arcface_scale)
     out = losses.normalcy_objective(n_hat, n_tilde, a, ag, at, mask, raa, cfg)
     assert out["l_n"].item() == pytest.approx(losses.normalcy_loss(n_hat, n_tilde).item())
     assert out["l_rn"].item() == pytest.approx(losses.relative_normalcy_loss(n_hat, n_tilde).item())

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from zxvad import config
+from zxvad.losses import memory_loss
 from zxvad.models import (BACKBONES, Generator, MemoryModule, PatchDiscriminator, build_backbone,
                           build_generator, build_models, count_parameters, generator_gmacs)
 
@@ -32,15 +33,16 @@ def test_generator_shapes_and_gradients():
     assert out.prediction.shape == (2, 3, 32, 48)
     assert out.prediction.abs().max() <= 1
     assert out.memory_weights.shape == (2, 20, 4, 6)
-    assert out.memory_entropy.dim() == 0 and out.memory_entropy.item() > 0
-    (out.prediction.mean() + out.memory_entropy).backward()
+    entropy = memory_loss(out.memory_weights)
+    assert entropy.dim() == 0 and entropy.item() > 0
+    (out.prediction.mean() + entropy).backward()
     assert G.memory.items.grad is not None and G.memory.items.grad.abs().sum() > 0
     assert G.inc[0].weight.grad.abs().sum() > 0
 
 
 def test_generator_without_memory_reports_no_entropy():
     out = Generator(frames=2, width=8, memory_items=0)(torch.zeros(1, 2, 3, 16, 16))
-    assert out.memory_entropy.item() == 0
+    assert memory_loss(out.memory_weights).item() == 0
     assert out.memory_weights.shape == (1, 0, 2, 2)
 
 
@@ -64,11 +66,11 @@ def test_memory_read_out_and_entropy():
     torch.manual_seed(0)
     memory = MemoryModule(items=6, dim=4, shrink_threshold=0.0005)
     z = torch.randn(2, 4, 3, 5)
-    z_hat, entropy, weights = memory(z)
+    z_hat, weights = memory(z)
     assert z_hat.shape == z.shape and weights.shape == (2, 6, 3, 5)
     w = weights.permute(0, 2, 3, 1).reshape(-1, 6)
     torch.testing.assert_close(z_hat.permute(0, 2, 3, 1).reshape(-1, 4), w @ memory.items)
-    torch.testing.assert_close(entropy, -(w * w.log()).sum(dim=1).mean())
+    torch.testing.assert_close(memory_loss(weights), -(w * w.log()).sum(dim=1).mean())
 
 
 def test_generator_rejects_bad_shapes():

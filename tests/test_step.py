@@ -76,13 +76,6 @@ def test_train_step_returns_every_term_and_updates_g_d_n_arcface():
     assert state.step == 1
 
 
-def test_memory_loss_matches_generator_entropy():
-    torch.manual_seed(0)
-    state = build_state(tiny_cfg(), "cpu")
-    out = state.G(squares(2)[:, :4])
-    assert losses.memory_loss(out.memory_weights).item() == pytest.approx(out.memory_entropy.item(), rel=1e-5)
-
-
 def test_alpha_n_zero_switches_the_normalcy_classifier_off():
     torch.manual_seed(0)
     state = build_state(tiny_cfg("loss.alpha_N=0"), "cpu")
