@@ -159,3 +159,16 @@ def test_normalcy_objective_weights_eq6():
     assert out["l_n_total"].item() == pytest.approx(expected.item(), rel=1e-6)
     out["l_n_total"].backward()
     assert raa.arcface.W.grad is not None and raa.arcface.W.grad.abs().sum() > 0
+
+
+def test_normalised_raa_is_raa_over_s_and_on_the_scale_of_the_other_terms():
+    torch.manual_seed(0)
+    raw, normalised = losses.ArcFace(16), losses.ArcFace(16, normalise=True)
+    normalised.load_state_dict(raw.state_dict())
+    worst = 0.0
+    for _ in range(20):  # random and adversarial maps: the normalised loss stays below 2 + log(2)/s
+        a, ag, at = (torch.rand(4, 4, 4) for _ in range(3))
+        assert normalised(a, ag, at).item() == pytest.approx(raw(a, ag, at).item() / 64, rel=1e-5)
+        worst = max(worst, normalised(at, at, a).item())
+    assert worst <= 2 + math.log(2) / 64
+    assert raw(a, ag, at).item() > 5  # the literal form: s times a cosine gap
