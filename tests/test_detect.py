@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from zxvad import config, detect
-from zxvad.models import Generator
+from zxvad.models import build_generator
 
 T = 4
 SIZE = 32
@@ -32,7 +32,7 @@ def save_checkpoint(folder: Path, G: torch.nn.Module | None = None, overrides=TI
     if G is None:
         torch.manual_seed(0)
         m = cfg.model
-        G = Generator(m.frames, m.width, m.memory_items, m.memory_dim, m.shrink_threshold)
+        G = build_generator(m)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"G": G.state_dict()}, folder / "state.pt")
     (folder / "config.yaml").write_text(cfg.to_yaml())
@@ -218,7 +218,7 @@ def fit_generator(frames: np.ndarray, normal: list[int], steps: int = 150) -> to
     cfg = config.load("demo", TINY)
     m = cfg.model
     torch.manual_seed(0)
-    G = Generator(m.frames, m.width, m.memory_items, m.memory_dim, m.shrink_threshold)
+    G = build_generator(m)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     starts = [s for s in range(len(frames) - T) if all(i in normal for i in range(s, s + T + 1))]
     windows = torch.stack([video[s:s + T + 1] for s in starts])

@@ -11,7 +11,7 @@ import torch
 
 from zxvad import config, export
 from zxvad.checkpoint import load_generator
-from zxvad.models import Generator
+from zxvad.models import build_generator
 
 TINY = ["model.image_size=32", "model.width=4", "model.memory_dim=32", "model.memory_items=8"]
 
@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory) -> Path:
     cfg = config.load("demo", TINY)
     m = cfg.model
     torch.manual_seed(0)
-    G = Generator(m.frames, m.width, m.memory_items, m.memory_dim, m.shrink_threshold)
+    G = build_generator(m)
     folder = tmp_path_factory.mktemp("ckpt")
     torch.save({"G": G.state_dict()}, folder / "state.pt")
     (folder / "config.yaml").write_text(cfg.to_yaml())

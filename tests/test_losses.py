@@ -100,7 +100,7 @@ def arcface_by_hand(cos_target, cos_other, margin_deg=28.6, s=64.0):
 
 
 def test_relative_attention_affirmation_separated_is_lower():
-    raa = losses.RelativeAttentionAffirmation(embedding_size=4)
+    raa = losses.ArcFace(embedding_size=4)
     with torch.no_grad():
         raa.arcface.W.zero_()
         raa.arcface.W[0, losses.NORMAL] = 1.0
@@ -127,18 +127,21 @@ def test_augmentation_changes_images_within_range():
     assert y.min() >= -1e-4 and y.max() <= 1 + 1e-4
 
 
+UNIFORM_8 = torch.full((2, 8, 2, 2), 1 / 8)  # memory weights with entropy log 8
+
+
 def test_generator_objective_combines_eq1():
     cfg = LossConfig(alpha_D=0.2, alpha_N=0.5, mem_weight=0.01)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    out = losses.generator_objective(x, x, torch.tensor(3.0), torch.zeros(2, 1, 2, 2),
+    out = losses.generator_objective(x, x, UNIFORM_8, torch.zeros(2, 1, 2, 2),
                                      torch.zeros(2, 1, 2, 2), cfg)
     assert out["l_rec"].item() == pytest.approx(0.0, abs=1e-5)
-    assert out["l_bb"].item() == pytest.approx(0.03, abs=1e-5)  # 0.01 * 3
+    assert out["l_bb"].item() == pytest.approx(0.01 * math.log(8), abs=1e-5)
     assert out["l_g_adv_d"].item() == out["l_g_adv_n"].item() == pytest.approx(0.5)
-    assert out["l_g"].item() == pytest.approx(0.03 + 0.2 * 0.5 + 0.5 * 0.5, abs=1e-5)
-    off = losses.generator_objective(x, x, torch.tensor(3.0), torch.zeros(2, 1, 2, 2), None, cfg)
+    assert out["l_g"].item() == pytest.approx(0.01 * math.log(8) + 0.2 * 0.5 + 0.5 * 0.5, abs=1e-5)
+    off = losses.generator_objective(x, x, UNIFORM_8, torch.zeros(2, 1, 2, 2), None, cfg)
     assert off["l_g_adv_n"].item() == 0.0
-    assert off["l_g"].item() == pytest.approx(0.03 + 0.1, abs=1e-5)
+    assert off["l_g"].item() == pytest.approx(0.01 * math.log(8) + 0.1, abs=1e-5)
 
 
 def test_normalcy_objective_weights_eq6():
@@ -147,7 +150,7 @@ def test_normalcy_objective_weights_eq6():
     n_hat, n_tilde = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
     a, ag, at = torch.rand(2, 4, 4), torch.rand(2, 4, 4), torch.rand(2, 4, 4)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    raa = losses.RelativeAttentionAffirmation(16, cfg.arcface_margin, cfg.arcface_scale)
+    raa = losses.ArcFace(16, cfg.arcface_margin, cfg.arcface_scale)
     out = losses.normalcy_objective(n_hat, n_tilde, a, ag, at, mask, raa, cfg)
     assert out["l_n"].item() == pytest.approx(losses.normalcy_loss(n_hat, n_tilde).item())
     assert out["l_rn"].item() == pytest.approx(losses.relative_normalcy_loss(n_hat, n_tilde).item())
@@ -156,3 +159,16 @@ def test_normalcy_objective_weights_eq6():
     assert out["l_n_total"].item() == pytest.approx(expected.item(), rel=1e-6)
     out["l_n_total"].backward()
     assert raa.arcface.W.grad is not None and raa.arcface.W.grad.abs().sum() > 0
+
+
+def test_normalised_raa_is_raa_over_s_and_on_the_scale_of_the_other_terms():
+    torch.manual_seed(0)
+    raw, normalised = losses.ArcFace(16), losses.ArcFace(16, normalise=True)
+    normalised.load_state_dict(raw.state_dict())
+    worst = 0.0
+    for _ in range(20):  # random and adversarial maps: the normalised loss stays below 2 + log(2)/s
+        a, ag, at = (torch.rand(4, 4, 4) for _ in range(3))
+        assert normalised(a, ag, at).item() == pytest.approx(raw(a, ag, at).item() / 64, rel=1e-5)
+        worst = max(worst, normalised(at, at, a).item())
+    assert worst <= 2 + math.log(2) / 64
+    assert raw(a, ag, at).item() > 5  # the literal form: s times a cosine gap

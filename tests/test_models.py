@@ -1,10 +1,13 @@
 """G, D, N and R: sizes against the paper, the memory's shrinkage, R frozen and seeded."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from zxvad import config
+from zxvad.losses import memory_loss
 from zxvad.models import (BACKBONES, Generator, MemoryModule, PatchDiscriminator, build_backbone,
                           build_generator, build_models, count_parameters, generator_gmacs)
 
@@ -32,15 +35,16 @@ def test_generator_shapes_and_gradients():
     assert out.prediction.shape == (2, 3, 32, 48)
     assert out.prediction.abs().max() <= 1
     assert out.memory_weights.shape == (2, 20, 4, 6)
-    assert out.memory_entropy.dim() == 0 and out.memory_entropy.item() > 0
-    (out.prediction.mean() + out.memory_entropy).backward()
+    entropy = memory_loss(out.memory_weights)
+    assert entropy.dim() == 0 and entropy.item() > 0
+    (out.prediction.mean() + entropy).backward()
     assert G.memory.items.grad is not None and G.memory.items.grad.abs().sum() > 0
     assert G.inc[0].weight.grad.abs().sum() > 0
 
 
 def test_generator_without_memory_reports_no_entropy():
     out = Generator(frames=2, width=8, memory_items=0)(torch.zeros(1, 2, 3, 16, 16))
-    assert out.memory_entropy.item() == 0
+    assert memory_loss(out.memory_weights).item() == 0
     assert out.memory_weights.shape == (1, 0, 2, 2)
 
 
@@ -64,11 +68,11 @@ def test_memory_read_out_and_entropy():
     torch.manual_seed(0)
     memory = MemoryModule(items=6, dim=4, shrink_threshold=0.0005)
     z = torch.randn(2, 4, 3, 5)
-    z_hat, entropy, weights = memory(z)
+    z_hat, weights = memory(z)
     assert z_hat.shape == z.shape and weights.shape == (2, 6, 3, 5)
     w = weights.permute(0, 2, 3, 1).reshape(-1, 6)
     torch.testing.assert_close(z_hat.permute(0, 2, 3, 1).reshape(-1, 4), w @ memory.items)
-    torch.testing.assert_close(entropy, -(w * w.log()).sum(dim=1).mean())
+    torch.testing.assert_close(memory_loss(weights), -(w * w.log()).sum(dim=1).mean())
 
 
 def test_generator_rejects_bad_shapes():
@@ -145,3 +149,65 @@ def test_backbone_input_size_gives_small_frames_a_finer_map():
     R = build_backbone("resnet50", 0, input_size=128)
     assert R(x).shape[-2:] == (4, 4)
     assert R(torch.zeros(1, 3, 128, 128)).shape[-2:] == (4, 4)  # already that size: untouched
+
+
+def _preset_memory(name="demo", **overrides):
+    torch.manual_seed(0)
+    cfg = config.load(name, [f"model.{k}={v}" for k, v in overrides.items()]).model
+    return build_generator(cfg).memory
+
+
+def test_literal_memory_cannot_be_sparse_but_the_presets_can():
+    literal = _preset_memory(memory_temperature=1.0, shrink_relative=0.0, memory_shrink="continuous")
+    memory = _preset_memory()
+    queries = memory.items.detach() + 0.01 * torch.randn_like(memory.items)  # each near one item
+    with torch.no_grad():
+        w_literal = literal.address(literal.items.detach().clone())
+        w = memory.address(queries)
+    K = memory.items.shape[0]
+    # softmax over cosines in [-1, 1]: no weight can exceed e^2 / (K - 1 + e^2), however z is
+    assert w_literal.max() < math.e**2 / (K - 1 + math.e**2) + 1e-6
+    assert memory.shrink_threshold == pytest.approx(1 / K)  # lambda relative to K
+    assert w.max(dim=1).values.min() > 0.5  # one item wins
+    assert (w > 0).float().sum(dim=1).mean() < 0.1 * K  # and few are kept
+
+
+def _grad_norm_near_threshold(memory):
+    """|d sum(c * w') / dz| with lambda 2 ulp below the weight nearest 1/K, over no shrinkage."""
+    torch.manual_seed(1)
+    z = torch.randn(4, memory.items.shape[1])
+    with torch.no_grad():
+        raw = (F.normalize(z, dim=1) @ F.normalize(memory.items, dim=1).t() / memory.temperature)
+        raw = raw.softmax(dim=1)
+    c = torch.randn(memory.items.shape[0])
+    norms = []
+    near = raw[0][(raw[0] - 1 / raw.shape[1]).abs().argmin()]
+    below = torch.nextafter(torch.nextafter(near, torch.zeros(())), torch.zeros(()))
+    for lam in (0.0, below.item()):
+        memory.shrink_threshold = lam
+        zz = z.clone().requires_grad_(True)
+        (memory.address(zz) * c).sum().backward()
+        norms.append(zz.grad.norm().item())
+    return norms[1] / norms[0]
+
+
+def test_shrinkage_gradient_stays_bounded_next_to_lambda():
+    literal = _preset_memory(memory_shrink="continuous")
+    assert _grad_norm_near_threshold(literal) > 20  # MemAE's w / (|w - l| + eps) at w ~ l
+    assert _grad_norm_near_threshold(_preset_memory()) < 2
+
+
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_critics_score_a_frame_alone_as_in_a_mixed_batch(norm):
+    torch.manual_seed(0)
+    critic = PatchDiscriminator(3, 8, 3, norm).train()
+    frames, others = torch.rand(3, 3, 64, 64) * 2 - 1, torch.rand(5, 3, 64, 64) * 2 - 1
+    torch.testing.assert_close(critic(torch.cat([frames, others]))[:3], critic(frames))
+    batch = PatchDiscriminator(3, 8, 3, "batch").train()
+    assert (batch(torch.cat([frames, others]))[:3] - batch(frames)).abs().max() > 1e-2
+
+
+def test_presets_use_batch_independent_critics():
+    for name in ("demo", "paper"):
+        N = build_models(config.load(name, ["model.backbone=mnasnet1_0"]).model).N
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in N.modules()), name

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from zxvad.models import build_backbone
-from zxvad.synthesis import (largest_component_reference, largest_component, object_masks,
-                             paste, paste_reference, random_boxes, scda_attention, synthesize,
-                             synthesize_reference)
+from zxvad.bench.synthesis_reference import (largest_component_reference, paste_reference,
+                                             synthesize_reference)
+from zxvad.synthesis import (largest_component, object_masks, paste, random_boxes, scda_attention,
+                             synthesize)
 
 
 @pytest.fixture(scope="module")

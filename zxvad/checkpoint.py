@@ -68,14 +68,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     text = str(path)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
         return _load_mlflow_generator(text, device)
-    from zxvad.models import Generator
+    from zxvad.models import build_generator
 
     state, cfg = read(path)
     if "G" not in state:
         raise CheckpointError(f"checkpoint '{path}': holds no generator weights (key 'G')")
-    m = cfg.model
-    G = Generator(frames=m.frames, width=m.width, memory_items=m.memory_items,
-                  memory_dim=m.memory_dim, shrink_threshold=m.shrink_threshold)
+    G = build_generator(cfg.model)
     G.load_state_dict(state["G"])
     return G.to(device).eval(), cfg
 

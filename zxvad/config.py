@@ -18,6 +18,8 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
 BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
+SHRINKS = ("continuous", "hard")
+CRITIC_NORMS = ("batch", "instance", "none")
 
 
 class ConfigError(ValueError):
@@ -33,7 +35,13 @@ class ModelConfig:
     width: int = 64  # U-Net levels are width, 2w, 4w, 8w
     memory_items: int = 2000  # K
     memory_dim: int = 512  # Q; must equal 8 * width (G's bottleneck channels)
-    shrink_threshold: float = 0.0005  # lambda of the hard shrinkage
+    shrink_threshold: float = 0.0005  # lambda of the hard shrinkage (used when shrink_relative = 0)
+    # The defaults below reproduce the code before issue 13, so older checkpoints reload as trained;
+    # the presets set the fixes (README, "where we depart from the paper's letter").
+    shrink_relative: float = 0.0  # lambda = shrink_relative / K when > 0 (MemAE: 1-3)
+    memory_temperature: float = 1.0  # tau: w = softmax(cos / tau); 1 = the paper's literal softmax
+    memory_shrink: str = "continuous"  # MemAE's relu(w-l)w/(|w-l|+eps), or "hard": w * [w > l]
+    critic_norm: str = "batch"  # norm layers of D and N: batch (pix2pix), instance or none
     disc_width: int = 64  # first PatchGAN level of D and N
     disc_layers: int = 3
     backbone: str = "resnet50"  # R, untrained
@@ -55,6 +63,7 @@ class LossConfig:
     mem_weight: float = 0.0025
     arcface_margin: float = 28.6  # degrees
     arcface_scale: float = 64.0
+    raa_normalise: bool = False  # divide L_RAA by the ArcFace scale s (its gradient is ~s otherwise)
 
 
 @dataclass
@@ -194,6 +203,12 @@ def _validate(cfg: Config) -> Config:
         ("model.memory_dim", m.memory_dim == 8 * m.width,
          f"must equal 8 * model.width = {8 * m.width} (G's bottleneck channels)"),
         ("model.shrink_threshold", 0 <= m.shrink_threshold < 1, "must lie in [0, 1)"),
+        ("model.shrink_relative", 0 <= m.shrink_relative < m.memory_items,
+         "must lie in [0, model.memory_items) (lambda = shrink_relative / K < 1)"),
+        ("model.memory_temperature", m.memory_temperature > 0, "must be positive"),
+        ("model.memory_shrink", m.memory_shrink in SHRINKS, f"must be one of {', '.join(SHRINKS)}"),
+        ("model.critic_norm", m.critic_norm in CRITIC_NORMS,
+         f"must be one of {', '.join(CRITIC_NORMS)}"),
         ("model.backbone", m.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}"),
         ("model.mask_threshold", 0 <= m.mask_threshold < 1, "must lie in [0, 1)"),
         ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,

@@ -6,7 +6,7 @@ References:
     Liu et al., "Future Frame Prediction for Anomaly Detection - A New Baseline", CVPR 2018
     (intensity and gradient losses, LSGAN terms).
     Gong et al., "Memorizing Normality to Detect Anomaly" (MemAE), ICCV 2019 (entropy loss).
-    Deng et al., "ArcFace", CVPR 2019 (L_RAA, through pytorch-metric-learning).
+    Deng et al., "ArcFace", CVPR 2019 (L_RAA, through pytorch-metric-learning; :class:`ArcFace`).
 
 Conventions: images are (B, 3, H, W) in [-1, 1], as G produces them; SSIM and the
 augmentation g work on [0, 1] copies. Discriminator and classifier outputs are patch logits
@@ -81,7 +81,8 @@ def memory_loss(weights: Tensor, eps: float = 1e-12) -> Tensor:
     """L_MEM of eq. (1): entropy sum_i -w_i log w_i of the addressing weights, mean over positions.
 
     Args:
-        weights: (B, K, h, w) shrunk, L1-normalised addressing weights (dim 1 sums to 1).
+        weights: (B, K, h, w) shrunk, L1-normalised addressing weights (dim 1 sums to 1); K = 0
+            (G without memory) gives 0. A cut weight w = 0 adds 0 * log(eps) = 0.
     """
     w = weights.float()
     return (-w * torch.log(w + eps)).sum(dim=1).mean()
@@ -134,20 +135,24 @@ def attention_affirmation_loss(att_normal: Tensor, att_pseudo: Tensor, mask: Ten
     return 0.5 * (1 - att_normal).pow(2).mean() + 0.5 * (target - att_pseudo).pow(2).mean()
 
 
-class RelativeAttentionAffirmation(nn.Module):
-    """L_RAA of eq. (5): ArcFace over vec(A(.)) with classes normal (v^, g(v^)) and abnormal (v~).
+class ArcFace(nn.Module):
+    """The ArcFace head of L_RAA (eq. 5): class centres W (``embedding_size`` x 2) that train with N.
 
-    The class centres W (``embedding_size`` x 2) are parameters; they train with N.
+    ``forward`` returns L_RAA over vec(A(.)) with classes normal (v^, g(v^)) and abnormal (v~).
+    With s = 64 the loss is s times a cosine gap (12-30 at the start) and its gradient is ~s, so
+    ``normalise=True`` divides it by s: the same minimiser, on the scale of the other terms of N.
     """
 
-    def __init__(self, embedding_size: int, margin: float = 28.6, scale: float = 64.0):
+    def __init__(self, embedding_size: int, margin: float = 28.6, scale: float = 64.0,
+                 normalise: bool = False):
         super().__init__()
         self.embedding_size = embedding_size
+        self.divisor = scale if normalise else 1.0
         self.arcface = ArcFaceLoss(num_classes=2, embedding_size=embedding_size, margin=margin,
                                    scale=scale)
 
     def forward(self, att_normal: Tensor, att_augmented: Tensor, att_pseudo: Tensor) -> Tensor:
-        """Loss over the 3B attention maps A(v^), A(g(v^)), A(v~), each (B, h, w)."""
+        """L_RAA of eq. (5) over the 3B attention maps A(v^), A(g(v^)), A(v~), each (B, h, w)."""
         maps = [att_normal, att_augmented, att_pseudo]
         embeddings = torch.cat([a.flatten(1) for a in maps]).float()
         if embeddings.shape[1] != self.embedding_size:
@@ -157,7 +162,7 @@ class RelativeAttentionAffirmation(nn.Module):
         labels = torch.tensor([NORMAL] * 2 * b + [ABNORMAL] * att_pseudo.shape[0],
                               device=embeddings.device)
         with torch.autocast(embeddings.device.type, enabled=False):
-            return self.arcface(embeddings, labels)
+            return self.arcface(embeddings, labels) / self.divisor
 
 
 def build_augmentation() -> nn.Module:
@@ -175,7 +180,7 @@ def build_augmentation() -> nn.Module:
 # ----------------------------------------------------------------------------- the objectives
 
 
-def generator_objective(pred: Tensor, target: Tensor, memory_entropy: Tensor, d_logits: Tensor,
+def generator_objective(pred: Tensor, target: Tensor, memory_weights: Tensor, d_logits: Tensor,
                         n_logits: Tensor | None, cfg: LossConfig) -> dict[str, Tensor]:
     """L_G of eq. (6): L_BB + alpha_D 1/2 (D(v^)-1)^2 + alpha_N 1/2 (N(v^)-1)^2.
 
@@ -183,7 +188,7 @@ def generator_objective(pred: Tensor, target: Tensor, memory_entropy: Tensor, d_
 
     Args:
         pred, target: v^_{T+1} and v_{T+1}, (B, 3, H, W) in [-1, 1].
-        memory_entropy: L_MEM as G computed it (scalar).
+        memory_weights: G's addressing weights (B, K, h, w), for L_MEM.
         d_logits, n_logits: D(v^) and N(v^); ``n_logits`` None switches the N term off.
         cfg: the loss weights.
 
@@ -191,7 +196,7 @@ def generator_objective(pred: Tensor, target: Tensor, memory_entropy: Tensor, d_
         ``l_mse, l_ssim, l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n, l_g`` (scalar tensors).
     """
     rec = reconstruction_loss(pred, target)
-    l_mem = memory_entropy.float()
+    l_mem = memory_loss(memory_weights)
     l_bb = rec["rec"] + cfg.mem_weight * l_mem
     l_g_adv_d = lsgan_generator_term(d_logits)
     l_g_adv_n = lsgan_generator_term(n_logits) if n_logits is not None else l_bb.new_zeros(())
@@ -203,14 +208,14 @@ def generator_objective(pred: Tensor, target: Tensor, memory_entropy: Tensor, d_
 
 def normalcy_objective(n_normal: Tensor, n_pseudo: Tensor, att_normal: Tensor,
                        att_augmented: Tensor, att_pseudo: Tensor, mask: Tensor,
-                       raa: RelativeAttentionAffirmation, cfg: LossConfig) -> dict[str, Tensor]:
+                       raa: ArcFace, cfg: LossConfig) -> dict[str, Tensor]:
     """L_N total of eq. (6): alpha_n L_N + alpha_m L_RN + alpha_aa L_AA + alpha_raa L_RAA.
 
     Args:
         n_normal, n_pseudo: N(v^) and N(v~) patch logits.
         att_normal, att_augmented, att_pseudo: A(v^), A(g(v^)), A(v~), each (B, h, w).
         mask: M~, (B, 1, H, W).
-        raa: the ArcFace module of L_RAA (its W trains with N).
+        raa: the ArcFace head of L_RAA (its W trains with N).
         cfg: the loss weights.
 
     Returns:

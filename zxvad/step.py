@@ -59,7 +59,7 @@ class TrainState:
     D: nn.Module
     N: nn.Module
     R: nn.Module  # frozen; rebuilt from (backbone, backbone_seed), never saved
-    arcface: losses.RelativeAttentionAffirmation
+    arcface: losses.ArcFace  # the head of L_RAA
     augment: nn.Module  # g of L_RAA
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
@@ -117,8 +117,8 @@ def build_state(cfg: Config, device: torch.device | str) -> TrainState:
     """Networks, ArcFace, g, the Adam optimisers (lr_g, lr_d, lr_n) and the scaler on ``device``."""
     device = torch.device(device)
     models = build_models(cfg.model)
-    arcface = losses.RelativeAttentionAffirmation(attention_cells(models.N, cfg.model.image_size),
-                                                  cfg.loss.arcface_margin, cfg.loss.arcface_scale)
+    arcface = losses.ArcFace(attention_cells(models.N, cfg.model.image_size), cfg.loss.arcface_margin,
+                             cfg.loss.arcface_scale, cfg.loss.raa_normalise)
     G, D, N, R = (m.to(device) for m in (models.G, models.D, models.N, models.R))
     arcface = arcface.to(device)
     betas = (cfg.train.beta1, cfg.train.beta2)
@@ -204,7 +204,7 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
     with frozen(D, N), torch.autocast(**amp):
         d_pred = D(pred)
         n_pred = N(pred) if use_n else None
-    terms_g = losses.generator_objective(pred, target, out.memory_entropy, d_pred, n_pred, cfg.loss)
+    terms_g = losses.generator_objective(pred, target, out.memory_weights, d_pred, n_pred, cfg.loss)
     _update(state, state.opt_g, terms_g["l_g"])
     state.scaler.update()
     state.step += 1

@@ -54,6 +54,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     from zxvad import synthesis as O
+    from zxvad.bench import synthesis_reference as ref
     from zxvad.models import build_backbone
 
     for name in ("batch", "size", "frames", "repeats"):
@@ -76,15 +77,15 @@ def run(args) -> dict:
 
     def loop_paste():
         for b in range(B):
-            mask = O.mask_from_features_reference(features[b], (S, S))
-            O.paste_reference(targets[b], donors[b], mask, boxes[b].tolist())
+            mask = ref.mask_from_features_reference(features[b], (S, S))
+            ref.paste_reference(targets[b], donors[b], mask, boxes[b].tolist())
 
     def batched_total():
         return O.synthesize(clips, donors, R, generator=torch.Generator().manual_seed(args.seed))
 
     def loop_total():
         draws = torch.Generator().manual_seed(args.seed)
-        return O.synthesize_reference(clips, donors, R, generator=draws)
+        return ref.synthesize_reference(clips, donors, R, generator=draws)
 
     print(f"O on the CPU ({torch.get_num_threads()} threads): batch {B}, {S}x{S}, T={args.frames}, "
           f"R={args.backbone} ({tuple(features.shape[1:])} features), median of {args.repeats}")

@@ -31,17 +31,23 @@ class Models:
     R: nn.Module
 
 
+def shrink_threshold(cfg) -> float:
+    """The memory's lambda: shrink_relative / K when set, else the absolute shrink_threshold."""
+    return cfg.shrink_relative / cfg.memory_items if cfg.shrink_relative > 0 else cfg.shrink_threshold
+
+
 def build_generator(cfg) -> Generator:
     """G from a :class:`zxvad.config.ModelConfig`."""
     return Generator(frames=cfg.frames, width=cfg.width, memory_items=cfg.memory_items,
-                     memory_dim=cfg.memory_dim, shrink_threshold=cfg.shrink_threshold)
+                     memory_dim=cfg.memory_dim, shrink_threshold=shrink_threshold(cfg),
+                     temperature=cfg.memory_temperature, shrink=cfg.memory_shrink)
 
 
 def build_models(cfg) -> Models:
     """G, D, N and R from a :class:`zxvad.config.ModelConfig`, all on the CPU."""
     return Models(G=build_generator(cfg),
-                  D=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers),
-                  N=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers),
+                  D=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers, cfg.critic_norm),
+                  N=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers, cfg.critic_norm),
                   R=build_backbone(cfg.backbone, cfg.backbone_seed, cfg.backbone_size))
 
 

@@ -24,8 +24,10 @@ from torch import Tensor, nn
 
 class GeneratorOutput(NamedTuple):
     prediction: Tensor  # (B, 3, H, W) in [-1, 1]
-    memory_entropy: Tensor  # scalar L_MEM: mean over positions of sum_i -w_i log w_i
-    memory_weights: Tensor  # (B, K, h, w) shrunk, L1-renormalised addressing weights
+    memory_weights: Tensor  # (B, K, h, w) shrunk, L1-renormalised addressing weights (L_MEM's input)
+
+
+SHRINKS = ("continuous", "hard")
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -61,20 +63,30 @@ class Up(nn.Module):
 class MemoryModule(nn.Module):
     """MemAE memory: K items of size Q, read by cosine attention with hard shrinkage.
 
-    For each bottleneck position z (a Q-vector): w = softmax_i(cos(z, m_i)); the hard shrinkage
-    w' = relu(w - lambda) * w / (|w - lambda| + eps) zeroes weights under lambda; w' is L1
-    re-normalised and the read-out is z_hat = w' M.
+    For each bottleneck position z (a Q-vector): w = softmax_i(cos(z, m_i) / tau); the hard
+    shrinkage zeroes weights under lambda; the rest is L1 re-normalised and z_hat = w' M.
+    With tau = 1 the logits lie in [-1, 1], so no weight can leave [1/(e^2 K), e^2/K]: the
+    paper's literal setting can never be sparse; a small tau lets one item win.
 
     Args:
         items: K, the number of memory items.
         dim: Q, the size of one item (G's bottleneck channels).
-        shrink_threshold: lambda of the hard shrinkage.
-        eps: keeps the shrinkage's division finite at w = lambda.
+        shrink_threshold: lambda of the hard shrinkage (absolute; 0 switches it off).
+        temperature: tau of the addressing softmax.
+        shrink: "continuous", MemAE's relu(w - lambda) w / (|w - lambda| + eps), whose
+            derivative reaches w / eps at w = lambda; or "hard", w [w > lambda], its eps -> 0
+            limit, with derivative 1 on the kept weights and 0 on the others.
+        eps: MemAE's epsilon of the continuous shrinkage and of log(0) in the entropy.
     """
 
-    def __init__(self, items: int, dim: int, shrink_threshold: float = 0.0005, eps: float = 1e-12):
+    def __init__(self, items: int, dim: int, shrink_threshold: float = 0.0005,
+                 temperature: float = 1.0, shrink: str = "continuous", eps: float = 1e-12):
         super().__init__()
+        if shrink not in SHRINKS:
+            raise ValueError(f"shrink '{shrink}': expected one of {', '.join(SHRINKS)}")
         self.shrink_threshold = shrink_threshold
+        self.temperature = temperature
+        self.shrink = shrink
         self.eps = eps
         self.items = nn.Parameter(torch.empty(items, dim))
         bound = 1.0 / dim**0.5  # MemAE's uniform init
@@ -83,31 +95,30 @@ class MemoryModule(nn.Module):
     def address(self, z: Tensor) -> Tensor:
         """(N, Q) queries -> (N, K) shrunk, L1-renormalised weights w'."""
         cosine = F.normalize(z, dim=1) @ F.normalize(self.items, dim=1).t()
-        w = cosine.softmax(dim=1)
+        w = (cosine / self.temperature).softmax(dim=1)
         if self.shrink_threshold > 0:
             shifted = w - self.shrink_threshold
-            w = F.relu(shifted) * w / (shifted.abs() + self.eps)
+            if self.shrink == "hard":
+                w = w * (shifted > 0)
+            else:
+                w = F.relu(shifted) * w / (shifted.abs() + self.eps)
         return F.normalize(w, p=1, dim=1)
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Read the memory at every position of a feature map.
 
         Args:
             z: (B, Q, h, w) bottleneck features.
 
         Returns:
-            z_hat (B, Q, h, w), the entropy L_MEM (scalar, mean over the B*h*w positions) and
-            the weights w' (B, K, h, w).
+            z_hat (B, Q, h, w) and the weights w' (B, K, h, w); L_MEM is
+            :func:`zxvad.losses.memory_loss` of the weights.
         """
         batch, dim, height, width = z.shape
         queries = z.permute(0, 2, 3, 1).reshape(-1, dim)
         weights = self.address(queries)
-        z_hat = weights @ self.items
-        # w' = 0 contributes 0 * log(eps) = 0: the guard only avoids log(0).
-        entropy = -(weights * torch.log(weights + self.eps)).sum(dim=1).mean()
-        z_hat = z_hat.reshape(batch, height, width, dim).permute(0, 3, 1, 2)
-        weights = weights.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
-        return z_hat, entropy, weights
+        z_hat = (weights @ self.items).reshape(batch, height, width, dim).permute(0, 3, 1, 2)
+        return z_hat, weights.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
 class Generator(nn.Module):
@@ -119,10 +130,12 @@ class Generator(nn.Module):
         memory_items: K; 0 builds the plain U-Net of Liu et al. without memory.
         memory_dim: Q; must equal 8 * width, the bottleneck channels.
         shrink_threshold: lambda of the memory's hard shrinkage.
+        temperature, shrink: the memory's addressing (see :class:`MemoryModule`).
     """
 
     def __init__(self, frames: int = 4, width: int = 64, memory_items: int = 2000,
-                 memory_dim: int = 512, shrink_threshold: float = 0.0005):
+                 memory_dim: int = 512, shrink_threshold: float = 0.0005,
+                 temperature: float = 1.0, shrink: str = "continuous"):
         super().__init__()
         if memory_items > 0 and memory_dim != 8 * width:
             raise ValueError(f"memory_dim={memory_dim}: must equal 8 * width = {8 * width} "
@@ -131,7 +144,7 @@ class Generator(nn.Module):
         w = width
         self.inc = double_conv(3 * frames, w)
         self.down1, self.down2, self.down3 = Down(w, 2 * w), Down(2 * w, 4 * w), Down(4 * w, 8 * w)
-        self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold)
+        self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold, temperature, shrink)
                        if memory_items > 0 else None)
         self.up1, self.up2, self.up3 = Up(8 * w, 4 * w), Up(4 * w, 2 * w), Up(2 * w, w)
         self.outc = nn.Conv2d(w, 3, 3, padding=1)
@@ -148,11 +161,10 @@ class Generator(nn.Module):
         x3 = self.down2(x2)
         z = self.down3(x3)
         if self.memory is not None:
-            z, entropy, weights = self.memory(z)
+            z, weights = self.memory(z)
         else:
-            entropy = z.new_zeros(())
             weights = z.new_zeros(z.shape[0], 0, *z.shape[2:])
         x = self.up1(z, x3)
         x = self.up2(x, x2)
         x = self.up3(x, x1)
-        return GeneratorOutput(torch.tanh(self.outc(x)), entropy, weights)
+        return GeneratorOutput(torch.tanh(self.outc(x)), weights)
