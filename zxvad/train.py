@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from shards.storage import is_s3, parse_s3_url
 from zxvad import checkpoint as ckpt
 from zxvad import config as config_lib
 from zxvad.config import Config
@@ -65,7 +66,7 @@ def default_run_name(cfg: Config) -> str:
 def storage(cfg: Config):
     """``(storage_path, storage_filesystem)`` for RunConfig: a local folder or s3:// (+endpoint)."""
     path = cfg.train.storage_path
-    if not path.startswith("s3://"):
+    if not is_s3(path):
         return os.path.abspath(path), None
     endpoint = cfg.train.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint:
@@ -77,13 +78,14 @@ def storage(cfg: Config):
     fs = pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme,
                                  region=os.environ.get("AWS_REGION", "us-east-1"),
                                  connect_timeout=5, request_timeout=30)
-    return path[len("s3://"):], fs
+    bucket, prefix = parse_s3_url(path)
+    return f"{bucket}/{prefix}".rstrip("/"), fs
 
 
 def check_storage(cfg: Config) -> None:
     """Fail before Ray when the checkpoint store cannot be written."""
     path = cfg.train.storage_path
-    if not path.startswith("s3://"):
+    if not is_s3(path):
         Path(path).mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK):
             raise ValueError(f"config key 'train.storage_path' = {path!r}: not writable")
@@ -92,10 +94,10 @@ def check_storage(cfg: Config) -> None:
 
     if cfg.train.s3_endpoint:
         os.environ.setdefault("AWS_ENDPOINT_URL", cfg.train.s3_endpoint)
-    bucket, _ = s3.parse_url(path)
     try:
+        bucket, _ = parse_s3_url(path)
         s3.check_bucket(s3.client(), bucket)
-    except RuntimeError as err:
+    except (ValueError, s3.S3Error) as err:
         raise ValueError(f"config key 'train.storage_path' = {path!r}: {err}") from None
 
 # ----------------------------------------------------------------------------- on each worker
