@@ -118,7 +118,7 @@ def test_cli_writes_csv_markdown_png_that_match(store, tmp_path, capsys):
     assert (out / "ti-fraction-test.md").read_text() in printed
     png = (out / "ti-fraction-test.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(".*")), "partial files left behind"
 
 
 def test_single_seed_has_no_spread_and_no_marks(store, tmp_path):

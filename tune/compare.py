@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shards.storage import atomic_path, atomic_write
 from tune.space import SEED_KEYS
 
 SWEEP_TAG = "zxvad.sweep"
@@ -254,22 +255,13 @@ def plot(table: Table, path: Path, by: str | None = None) -> None:
     plt.close(fig)
 
 
-def _write(path: Path, write) -> None:
-    """Write through a temporary file, so a failure leaves no half-written output."""
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the suffix: matplotlib picks the format by it
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_outputs(table: Table, out: Path, by: str | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{table.experiment}.{ext}" for ext in ("csv", "md", "png")}
-    _write(paths["csv"], lambda p: p.write_text(to_csv(table)))
-    _write(paths["md"], lambda p: p.write_text(to_markdown(table)))
-    _write(paths["png"], lambda p: plot(table, p, by))
+    atomic_write(paths["csv"], to_csv(table))
+    atomic_write(paths["md"], to_markdown(table))
+    with atomic_path(paths["png"]) as tmp:
+        plot(table, tmp, by)
     return paths
 
 
