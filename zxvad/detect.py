@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from array import array
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from zxvad import scoring
+from zxvad.resources import peak_rss_mb
 from zxvad.video_io import VideoError, VideoSource, VideoWriter
 
 LIVE_WINDOW = 300  # frames of the sliding normalisation of a live stream without --window
@@ -387,10 +387,6 @@ def load_detector(checkpoint: str, device: torch.device, size: int | None = None
         raise ValueError(f"checkpoint '{checkpoint}': G was trained on {s}x{s} frames, not the "
                          f"requested --size {size} (drop --size to score at {s}x{s})")
     return G, cfg
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def main(argv: list[str] | None = None) -> int:

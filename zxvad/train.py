@@ -26,6 +26,8 @@ from shards.storage import is_s3, parse_s3_url
 from zxvad import checkpoint as ckpt
 from zxvad import config as config_lib
 from zxvad.config import Config
+from zxvad.ddp import unwrap, wrap_trained
+from zxvad.resources import peak_rss_mb
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -103,24 +105,6 @@ def check_storage(cfg: Config) -> None:
 # ----------------------------------------------------------------------------- on each worker
 
 
-def _wrap_ddp(state, device: torch.device) -> None:
-    """G, D, N and the ArcFace weights under DDP (R is frozen and needs no gradient sync)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [device.index] if device.type == "cuda" else None
-    for name in ("G", "D", "N", "arcface"):
-        module = getattr(state, name)
-        if any(p.requires_grad for p in module.parameters()):
-            setattr(state, name, DDP(module, device_ids=ids))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class _Progress:
     """The live line: step, main losses, steps/s and ETA (rank 0; Ray streams it to the driver)."""
 
@@ -165,7 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"resumed from checkpoint at step {state.step}", flush=True)
     if world > 1:
-        _wrap_ddp(state, device)
+        wrap_trained(state, device)
 
     T, size = cfg.model.frames, (cfg.model.image_size, cfg.model.image_size)
     common = dict(batch_size=cfg.train.batch_size, size=size, shard_id=rank, num_shards=world,
@@ -188,7 +172,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last = step >= cfg.train.steps
         if logger and (step % cfg.train.log_every == 0 or last):
             losses["steps_per_s"] = progress.rate(step)
-            losses["worker_peak_rss_mb"] = _peak_rss_mb()
+            losses["worker_peak_rss_mb"] = peak_rss_mb()
             print(progress.line(step, losses), flush=True)
             logger.metrics(losses, step)
         evaluate_now = targets and (last or (cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
@@ -254,7 +238,7 @@ class _RankZeroLogger:
         import mlflow
         import mlflow.pytorch
 
-        G = state.G.module if hasattr(state.G, "module") else state.G
+        G = unwrap(state.G)
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=self.run_id):
             # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
