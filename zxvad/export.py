@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"largest allowed |exported - PyTorch| (default {DEFAULT_ATOL:g})")
     args = parser.parse_args(argv)
     try:
-        from zxvad.detect import load_detector
+        from zxvad.checkpoint import load_generator
 
-        G, cfg = load_detector(args.checkpoint, torch.device("cpu"))
+        G, cfg = load_generator(args.checkpoint, torch.device("cpu"))
         out = args.out or f"export-out/generator-{cfg.model.image_size}{FORMATS[args.format]}"
         path, diff = export(G, cfg, args.format, out, args.atol, source=str(args.checkpoint))
     except (ValueError, RuntimeError, OSError, ImportError) as err:

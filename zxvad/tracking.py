@@ -125,3 +125,17 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
         client.log_metric(run_id, key, value, step=step or 0)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+
+def load_generator_model(uri: str, device, config_file: str) -> tuple[Any, str]:
+    """G logged as an MLflow model (``runs:/ID/generator``) and the text of its config file."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    try:
+        G = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
+        config_text = mlflow.artifacts.load_text(uri.rstrip("/") + "/extra_files/" + config_file)
+    except Exception as err:
+        raise TrackingError(f"MLflow model '{uri}': cannot be loaded ({str(err).splitlines()[0]})") from None
+    return G, config_text
