@@ -171,9 +171,8 @@ def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
 def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: str, out: Path,
            wall_s: float) -> int:
     """Summaries, the best config (file + MLflow artifact); 130 when the sweep was interrupted."""
-    import mlflow
-
     from tune.trial import sweep_run
+    from zxvad import tracking
 
     trials = trial_table(sweep, variants, experiment_path, filesystem)
     total = len(variants) if variants else sweep.samples
@@ -197,11 +196,9 @@ def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: 
         return 1
     params, value, n = best
     atomic_write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
-    client = mlflow.MlflowClient(tracking_uri=uri)
     run_id = sweep_run(sweep, uri, sweep.path.read_text())
-    client.log_metric(run_id, f"best/{sweep.metric}", value)
-    client.log_artifact(run_id, str(out / "best-config.yaml"))
-    client.log_artifact(run_id, str(out / "trials.json"))
+    tracking.log_sweep_result(uri, run_id, sweep.metric, value,
+                              [out / "best-config.yaml", out / "trials.json"])
     print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
     print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
     print(f"compare: python -m tune.compare --experiment {sweep.name} --tracking-uri {uri}")
@@ -234,7 +231,7 @@ def prepare(argv: list[str] | None = None):
             train.resolve_inputs(cfg)
             checked.add(key)
     train.check_storage(sweep.base)
-    uri = tracking.absolute_uri(tracking.tracking_uri(sweep.base))
+    uri = tracking.resolve_uri(sweep.base.tracking.tracking_uri)
     tracking.check_reachable(uri)
     out = Path(args.out or Path("sweeps") / sweep.name)
     return sweep, uri, out
