@@ -16,18 +16,12 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from shards.writer import BuildError
-
 MULTIPART_THRESHOLD = 64 * 2**20  # bytes; files above go up in parts of MULTIPART_CHUNK
 MULTIPART_CHUNK = 16 * 2**20
 
 
-def parse_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
-    if not url.startswith("s3://") or not url[5:].split("/")[0]:
-        raise BuildError(f"{url}: expected s3://BUCKET[/PREFIX]")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix.strip("/")
+class S3Error(RuntimeError):
+    """An S3 call failed; the message is one line naming the bucket or key, never a credential."""
 
 
 def client():
@@ -60,7 +54,7 @@ def check_bucket(s3, bucket: str) -> None:
     try:
         s3.head_bucket(Bucket=bucket)
     except (BotoCoreError, ClientError) as e:
-        raise BuildError(describe(e, f"s3://{bucket}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}")) from None
 
 
 def upload_file(s3, path: Path, bucket: str, key: str, sha256: str | None = None) -> None:
@@ -71,16 +65,16 @@ def upload_file(s3, path: Path, bucket: str, key: str, sha256: str | None = None
     try:
         s3.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
     except (BotoCoreError, ClientError) as e:
-        raise BuildError(describe(e, f"s3://{bucket}/{key}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{key}")) from None
     except boto3.exceptions.S3UploadFailedError as e:
-        raise BuildError(f"s3://{bucket}/{key}: upload failed ({str(e).split(':')[0]})") from None
+        raise S3Error(f"s3://{bucket}/{key}: upload failed ({str(e).split(':')[0]})") from None
 
 
 def put_bytes(s3, bucket: str, key: str, data: bytes) -> None:
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=data)
     except (BotoCoreError, ClientError) as e:
-        raise BuildError(describe(e, f"s3://{bucket}/{key}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{key}")) from None
 
 
 def get_bytes(s3, bucket: str, key: str) -> bytes | None:
@@ -90,9 +84,9 @@ def get_bytes(s3, bucket: str, key: str) -> bytes | None:
     except ClientError as e:
         if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
             return None
-        raise BuildError(describe(e, f"s3://{bucket}/{key}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{key}")) from None
     except BotoCoreError as e:
-        raise BuildError(describe(e, f"s3://{bucket}/{key}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{key}")) from None
 
 
 def head(s3, bucket: str, key: str) -> dict[str, Any] | None:
@@ -102,7 +96,7 @@ def head(s3, bucket: str, key: str) -> dict[str, Any] | None:
     except ClientError as e:
         if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
             return None
-        raise BuildError(describe(e, f"s3://{bucket}/{key}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{key}")) from None
     info = {"size": response["ContentLength"]}
     if "sha256" in response.get("Metadata", {}):
         info["sha256"] = response["Metadata"]["sha256"]
@@ -126,5 +120,5 @@ def abort_stale_uploads(s3, bucket: str, prefix: str) -> int:
                 s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted += 1
     except (BotoCoreError, ClientError) as e:
-        raise BuildError(describe(e, f"s3://{bucket}/{prefix}")) from None
+        raise S3Error(describe(e, f"s3://{bucket}/{prefix}")) from None
     return aborted

@@ -17,11 +17,13 @@ import os
 import re
 import shutil
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from shards.format import INDEX_SUFFIX, MANIFEST_NAME, META_EXT, VIDEO_EXT, index_name
+from shards.storage import atomic_write, parse_s3_url, partial_path
 
 DALI_INDEX_VERSION = "v1.2"  # what nvidia-dali's wds2idx writes
 STATE_NAME = "state.json"
@@ -32,14 +34,18 @@ class BuildError(RuntimeError):
     """A build cannot go on; the message is one line naming the input."""
 
 
+@contextmanager
+def _as_build_error():
+    """S3 and URL errors stop a build like any other: one line, as a BuildError."""
+    from shards.s3 import S3Error
+
+    try:
+        yield
+    except (S3Error, ValueError) as e:
+        raise BuildError(str(e)) from None
+
+
 # ---------------------------------------------------------------------------------------- files
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name and a rename."""
-    tmp = path.with_name(path.name + PARTIAL)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -304,6 +310,8 @@ class LocalSink:
             match = ours.fullmatch(path.name)
             if match and (match.group(3) or match.group(1) + ".tar" not in keep):
                 path.unlink(missing_ok=True)
+        for path in self.out.glob(partial_path(self.out / f"{prefix}-*").name + "*"):
+            path.unlink(missing_ok=True)  # an index or manifest a killed run was writing
 
 
 class S3Sink:
@@ -313,9 +321,10 @@ class S3Sink:
         from shards import s3
 
         self.url = url.rstrip("/")
-        self.bucket, self.prefix = s3.parse_url(url)
-        self.client = s3.client()
-        s3.check_bucket(self.client, self.bucket)
+        with _as_build_error():
+            self.bucket, self.prefix = parse_s3_url(url)
+            self.client = s3.client()
+            s3.check_bucket(self.client, self.bucket)
         if work_dir is None:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
             work_dir = cache / "zxvad" / ("build-" + hashlib.sha256(self.url.encode()).hexdigest()[:16])
@@ -326,7 +335,8 @@ class S3Sink:
         except OSError as e:
             raise BuildError(f"{self.work}: work folder is not writable ({e.strerror})") from None
         self._s3 = s3
-        self.aborted = s3.abort_stale_uploads(self.client, self.bucket, self.prefix)
+        with _as_build_error():
+            self.aborted = s3.abort_stale_uploads(self.client, self.bucket, self.prefix)
 
     def __str__(self) -> str:
         return self.url
@@ -335,26 +345,30 @@ class S3Sink:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def read_manifest(self) -> dict[str, Any] | None:
-        data = self._s3.get_bytes(self.client, self.bucket, self._key(MANIFEST_NAME))
+        with _as_build_error():
+            data = self._s3.get_bytes(self.client, self.bucket, self._key(MANIFEST_NAME))
         return json.loads(data) if data is not None else None
 
     def publish(self, name: str) -> None:
         partial = self.staging / (name + PARTIAL)
         sha = sha256_file(partial)
-        self._s3.upload_file(self.client, self.staging / index_name(name), self.bucket,
-                             self._key(index_name(name)))
-        self._s3.upload_file(self.client, partial, self.bucket, self._key(name), sha256=sha)
+        with _as_build_error():
+            self._s3.upload_file(self.client, self.staging / index_name(name), self.bucket,
+                                 self._key(index_name(name)))
+            self._s3.upload_file(self.client, partial, self.bucket, self._key(name), sha256=sha)
         partial.unlink()
         (self.staging / index_name(name)).unlink()
 
     def has(self, entry: dict[str, Any]) -> bool:
-        head = self._s3.head(self.client, self.bucket, self._key(entry["name"]))
+        with _as_build_error():
+            head = self._s3.head(self.client, self.bucket, self._key(entry["name"]))
         return head is not None and head["size"] == entry["bytes"] \
             and head.get("sha256", entry["sha256"]) == entry["sha256"]
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._s3.put_bytes(self.client, self.bucket, self._key(MANIFEST_NAME),
-                           (json.dumps(manifest, indent=1) + "\n").encode())
+        with _as_build_error():
+            self._s3.put_bytes(self.client, self.bucket, self._key(MANIFEST_NAME),
+                               (json.dumps(manifest, indent=1) + "\n").encode())
 
     def cleanup(self, prefix: str, keep: set[str]) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

@@ -9,6 +9,15 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIPS = Path(os.environ.get("ZXVAD_REAL_CLIPS", ROOT.parent / "shared" / "data" / "real-clips"))
 
 
+def pytest_runtest_setup(item):
+    """Tests marked ``gpu`` skip, by their marker, where no CUDA device is present."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread, and much faster on a shared, busy CPU."""

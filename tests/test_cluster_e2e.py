@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,28 +27,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import TINY_MODEL, free_ports
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUCKET = "zxvad-e2e"
 WORKER_NODES = 3  # two DDP workers, plus one node of spare capacity for the node-failure drill
-TINY = ["model.image_size=32", "model.width=4", "model.memory_dim=32", "model.memory_items=8",
-        "model.disc_width=4", "model.backbone=mnasnet1_0", "train.batch_size=2",
+TINY = [*TINY_MODEL, "model.disc_width=4", "model.backbone=mnasnet1_0", "train.batch_size=2",
         "train.num_workers=2", "train.log_every=2", "data.shuffle_buffer=8", "eval.targets={}",
         "train.keep_checkpoints=100"]
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_for(check, timeout: float, what: str, interval: float = 0.5):
@@ -177,7 +165,7 @@ def _make_frames(root: Path, videos: int = 6, frames: int = 24) -> None:
 def _node_flags(node_tmp: Path) -> list[str]:
     """Flags of one `ray start`: its own temp dir and ports, so nodes (and other people's Ray
     instances on this machine) never collide."""
-    nm, om, agent, agent_grpc, env_agent, metrics = _free_ports(6)
+    nm, om, agent, agent_grpc, env_agent, metrics = free_ports(6)
     return ["--block", "--node-ip-address=127.0.0.1", f"--temp-dir={node_tmp}",
             f"--node-manager-port={nm}", f"--object-manager-port={om}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
@@ -190,7 +178,7 @@ def stack():
     tmp = Path(tempfile.mkdtemp(prefix="zxc", dir="/tmp"))  # short: Ray's socket paths are capped
     secret_key = "e2e" + secrets.token_hex(16)
     token = secrets.token_hex(32)
-    (gcs, dash, client, s3p, s3g, mp, mg, vp, vg, fp, fg, mlp) = _free_ports(12)
+    (gcs, dash, client, s3p, s3g, mp, mg, vp, vg, fp, fg, mlp) = free_ports(12)
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("RAY_", "AWS_", "MLFLOW_")) and k != "PYTHONPATH"}
     base["PATH"] = f"{BIN}:{base.get('PATH', '')}"
@@ -433,7 +421,7 @@ def test_s3_restart_mid_run_is_retried(stack):
 
 
 def test_mlflow_down_fails_before_training(stack):
-    dead = f"http://127.0.0.1:{_free_ports(1)[0]}"
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     _submit(stack, "mlflowdown", ["train.steps=4", f"tracking.tracking_uri={dead}",
                                   "tracking.on_unreachable=fail"])
     status, log = _wait_job(stack, "mlflowdown", timeout=180)
@@ -445,7 +433,7 @@ def test_mlflow_down_fails_before_training(stack):
 
 
 def test_mlflow_down_with_local_fallback_trains(stack):
-    dead = f"http://127.0.0.1:{_free_ports(1)[0]}"
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     _submit(stack, "mlflowlocal", ["train.steps=4", "train.checkpoint_every=4",
                                    f"tracking.tracking_uri={dead}", "tracking.on_unreachable=local"])
     status, log = _wait_job(stack, "mlflowlocal", timeout=300)

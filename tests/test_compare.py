@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from tune import compare
+from zxvad import tracking
 
 # config (fraction) -> seed -> (street AUC, plaza AUC); fraction 0.25 and 1.0 are within spread
 AUCS = {
@@ -24,7 +25,7 @@ def _log_runs(uri, experiment, aucs, extra_params=None):
     for fraction, seeds in aucs.items():
         for seed, (street, plaza) in enumerate(seeds):
             run = client.create_run(exp_id, run_name=f"f{fraction}-s{seed}",
-                                    tags={compare.SWEEP_TAG: experiment})
+                                    tags={tracking.SWEEP_TAG: experiment})
             params = {"data.fraction": fraction, "train.seed": seed, "data.seed": seed,
                       "model.backbone_seed": seed, "tracking.run_name": f"f{fraction}-s{seed}",
                       "data.train_shards": "s3://bucket/zxvad/shards/ucf101/train",
@@ -38,7 +39,7 @@ def _log_runs(uri, experiment, aucs, extra_params=None):
             client.log_metric(run.info.run_id, "auc/mean", (street + plaza) / 2, step=8)
             client.log_metric(run.info.run_id, "loss/l_rec", 0.1, step=8)
     # the sweep-level run holds no training and must not become a row
-    sweep = client.create_run(exp_id, run_name="sweep", tags={compare.ROLE_TAG: "sweep"})
+    sweep = client.create_run(exp_id, run_name="sweep", tags={tracking.ROLE_TAG: "sweep"})
     client.log_metric(sweep.info.run_id, "auc/mean", 0.99)
     # a run that never evaluated is left out too
     client.create_run(exp_id, run_name="no-eval")
@@ -118,7 +119,7 @@ def test_cli_writes_csv_markdown_png_that_match(store, tmp_path, capsys):
     assert (out / "ti-fraction-test.md").read_text() in printed
     png = (out / "ti-fraction-test.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(".*")), "partial files left behind"
 
 
 def test_single_seed_has_no_spread_and_no_marks(store, tmp_path):

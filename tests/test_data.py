@@ -22,27 +22,7 @@ from shards.writer import write_tar
 from zxvad.data import (ClipLoader, DonorLoader, EvalLoader, ShardError, iterate_videos,
                         prediction_windows, resolve_shards)
 
-SIZE = (32, 32)
-
-
-def pattern(video: int, frames: range, size=SIZE) -> np.ndarray:
-    h, w = size
-    out = np.zeros((len(frames), h, w, 3), np.uint8)
-    for i, index in enumerate(frames):
-        out[i, :, : w // 2] = 8 * index
-        out[i, :, w // 2:] = 40 + 24 * video
-    return out
-
-
-def read_pattern(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., 3, H, W) in [-1, 1] -> (frame index, video number), both (...)."""
-    h, w = x.shape[-2:]
-    level = (x[..., 0, h // 2, :] + 1) * 127.5
-    return (level[..., w // 4] / 8).round().long(), ((level[..., 3 * w // 4] - 40) / 24).round().long()
-
-
-def label_of(video: int, index: int) -> int:
-    return int(index % 7 >= 4 + video % 2)
+from helpers import SIZE, TRAIN_VIDEOS, built_set, label_of, pattern, read_pattern
 
 
 def write_set(out: Path, clips: list[tuple[ClipMeta, bytes]], per_shard: int) -> Path:
@@ -58,33 +38,6 @@ def write_set(out: Path, clips: list[tuple[ClipMeta, bytes]], per_shard: int) ->
         entries.append({"name": name, "samples": len(chunk), "hash_max": (n + 1) / 10})
     (out / "manifest.json").write_text(json.dumps({"dataset": "pattern", "shards": entries}))
     return out
-
-
-def frame_folders(root: Path, lengths: list[int], labelled: bool) -> Path:
-    """Videos as PNG frame folders ``root/v<N>/`` (lossless), with ``v<N>.npy`` labels if asked."""
-    from PIL import Image
-
-    for video, n in enumerate(lengths):
-        folder = root / f"v{video}"
-        folder.mkdir(parents=True)
-        for i, frame in enumerate(pattern(video, range(n))):
-            Image.fromarray(frame).save(folder / f"{i:04d}.png")
-        if labelled:
-            np.save(root / f"v{video}.npy", np.array([label_of(video, i) for i in range(n)], np.uint8))
-    return root
-
-
-def built_set(tmp: Path, lengths: list[int], split: str, codec: str, **options) -> Path:
-    """Shards written by the builder (shards.build, the format's one writer)."""
-    from shards.build import build
-
-    root = frame_folders(tmp / "videos", lengths, labelled=split == "test")
-    build("videofolder", root, tmp / "shards", split=split, size=SIZE, codec=codec, progress=False,
-          max_samples=3, prefix="clips", **options)
-    return tmp / "shards"
-
-
-TRAIN_VIDEOS = 8
 
 
 @pytest.fixture(scope="module")
@@ -260,8 +213,7 @@ def test_short_clips_name_the_clip_length(train_set):
         ClipLoader(resolve_shards(str(train_set)), batch_size=2, frames=5, stride=3, size=SIZE)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA: the 'mixed' (NVDEC) decoder needs a GPU")
+@pytest.mark.gpu  # the 'mixed' (NVDEC) decoder needs a GPU
 def test_gpu_decodes_with_mixed_backend_including_h264(train_set, h264_set):
     for shards in (train_set, h264_set):
         loader = ClipLoader(resolve_shards(str(shards)), batch_size=2, frames=4, size=(24, 24),

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from test_data import TRAIN_VIDEOS, built_set, read_pattern
+from helpers import TRAIN_VIDEOS, built_set, read_pattern
 
 pytestmark = pytest.mark.slow
 

@@ -16,27 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from zxvad import config, detect
-from zxvad.models import build_generator
+from zxvad import detect
+
+from helpers import tiny_config, tiny_generator, write_checkpoint
 
 T = 4
 SIZE = 32
-TINY = ["model.image_size=32", "model.width=4", "model.memory_dim=32", "model.memory_items=8"]
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_CAP = 48
-
-
-def save_checkpoint(folder: Path, G: torch.nn.Module | None = None, overrides=TINY) -> Path:
-    """A checkpoint folder as training writes it: state.pt with key "G", and config.yaml."""
-    cfg = config.load("demo", list(overrides))
-    if G is None:
-        torch.manual_seed(0)
-        m = cfg.model
-        G = build_generator(m)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"G": G.state_dict()}, folder / "state.pt")
-    (folder / "config.yaml").write_text(cfg.to_yaml())
-    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +33,7 @@ def _single_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -215,10 +202,7 @@ def test_http_url_is_streamed(real_clips, tiny_checkpoint, tmp_path, capsys):
 
 def fit_generator(frames: np.ndarray, normal: list[int], steps: int = 150) -> torch.nn.Module:
     """A tiny G fitted briefly (MSE) to predict the normal frames of ``frames``."""
-    cfg = config.load("demo", TINY)
-    m = cfg.model
-    torch.manual_seed(0)
-    G = build_generator(m)
+    G = tiny_generator()
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     starts = [s for s in range(len(frames) - T) if all(i in normal for i in range(s, s + T + 1))]
     windows = torch.stack([video[s:s + T + 1] for s in starts])
@@ -237,7 +221,7 @@ def test_pasted_anomaly_scores_higher(tmp_path, capsys):
     first, last = 40, 60
     frames = scene(100, anomaly=(first, last))
     normal = [i for i in range(100) if not first <= i <= last]
-    ckpt = save_checkpoint(tmp_path / "fitted", fit_generator(frames, normal))
+    ckpt = write_checkpoint(tmp_path / "fitted", fit_generator(frames, normal))
     folder = write_folder(frames, tmp_path / "street-cam")
     rc, out, err = run(capsys, folder, "--checkpoint", ckpt, "--out", tmp_path / "out",
                        "--threshold", "0.5", "--fps", "10", "--no-progress")
@@ -329,10 +313,8 @@ def test_checkpoint_errors(tmp_path, tiny_checkpoint, capsys):
     one_line_error(*run(capsys, clip, "--checkpoint", tmp_path / "missing")[::2], "not found")
     one_line_error(*run(capsys, clip, "--checkpoint", tiny_checkpoint, "--size", "64")[::2],
                    "trained on 32x32 frames, not the requested --size 64")
-    wrong = save_checkpoint(tmp_path / "wrong")  # width-4 weights under a width-8 config
-    cfg = config.load("demo", ["model.image_size=32", "model.width=8", "model.memory_dim=64",
-                               "model.memory_items=8"])
-    (wrong / "config.yaml").write_text(cfg.to_yaml())
+    wide = tiny_config("model.width=8", "model.memory_dim=64")
+    wrong = write_checkpoint(tmp_path / "wrong", tiny_generator(), wide)  # width-4 weights, width-8 config
     one_line_error(*run(capsys, clip, "--checkpoint", wrong)[::2], "weights do not match its config.yaml")
 
 

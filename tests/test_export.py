@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from zxvad import config, export
+from zxvad import export
 from zxvad.checkpoint import load_generator
-from zxvad.models import build_generator
 
-TINY = ["model.image_size=32", "model.width=4", "model.memory_dim=32", "model.memory_items=8"]
+from helpers import write_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -23,14 +22,7 @@ def _single_thread(one_thread):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    cfg = config.load("demo", TINY)
-    m = cfg.model
-    torch.manual_seed(0)
-    G = build_generator(m)
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.save({"G": G.state_dict()}, folder / "state.pt")
-    (folder / "config.yaml").write_text(cfg.to_yaml())
-    return folder
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def frames_like_a_video(batch: int) -> torch.Tensor:

@@ -8,17 +8,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from zxvad import config, losses
-from zxvad.step import build_state, train_step, unwrap
+from zxvad import losses
+from zxvad.ddp import unwrap
+from zxvad.step import build_state, train_step
 
-TINY = ["model.image_size=64", "model.width=4", "model.memory_dim=32", "model.memory_items=8",
-        "model.disc_width=4", "model.backbone=mnasnet1_0", "train.batch_size=2"]
+from helpers import tiny_config
+
+TINY = ["model.image_size=64", "model.disc_width=4", "model.backbone=mnasnet1_0", "train.batch_size=2"]
 TERMS = ["l_mse", "l_ssim", "l_gd", "l_rec", "l_mem", "l_bb", "l_g_adv_d", "l_g_adv_n", "l_g",
          "l_d", "l_n", "l_rn", "l_aa", "l_raa", "l_n_total", "mask_area"]
 
 
 def tiny_cfg(*overrides):
-    return config.load("demo", [*TINY, *overrides])
+    return tiny_config(*TINY, *overrides)
 
 
 def squares(batch, frames=5, size=64, side=16, seed=0):
@@ -36,12 +38,8 @@ def squares(batch, frames=5, size=64, side=16, seed=0):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run ~10x slower with two threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(one_thread):
+    """Tiny convolutions run ~10x slower with two threads on a busy 2-core machine (conftest.py)."""
 
 
 def snapshot(module):
@@ -188,8 +186,6 @@ def test_a_few_hundred_steps_lower_the_reconstruction_loss():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_train_step_with_amp_on_cuda(dtype):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
     torch.manual_seed(0)

@@ -187,7 +187,6 @@ def test_synthesis_rejects_bad_clips(R):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_synthesis_stays_on_the_gpu(R):
     device = torch.device("cuda")
     RG = build_backbone("resnet50").to(device)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_MODEL
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.image_size=32", "model.width=4", "model.memory_dim=32", "model.memory_items=8",
-        "model.disc_width=4", "model.backbone=resnet50", "model.backbone_size=64", "train.batch_size=2", "train.num_workers=2",
+TINY = [*TINY_MODEL, "model.disc_width=4", "model.backbone=resnet50", "model.backbone_size=64", "train.batch_size=2", "train.num_workers=2",
         "train.log_every=2", "eval.batch_size=8", "eval.top_frames=2", "data.shuffle_buffer=8"]
 
 

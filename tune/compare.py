@@ -16,17 +16,15 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shards.storage import atomic_path, atomic_write
 from tune.space import SEED_KEYS
+from zxvad.tracking import CONFIG_TAG
 
-SWEEP_TAG = "zxvad.sweep"
-ROLE_TAG = "zxvad.role"  # "sweep" on the sweep-level run, which holds no training
-CONFIG_TAG = "zxvad.config_id"
 # Params that differ between runs of one configuration without changing it.
 IGNORED = (*SEED_KEYS, "tracking.run_name")
 NOT_SIGNIFICANT = "†"
@@ -89,25 +87,12 @@ class Table:
 
 def load_runs(experiment: str, uri: str) -> list[Any]:
     """The finished or stopped training runs of ``experiment`` that logged an AUC."""
-    import mlflow
+    from zxvad import tracking
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"MLflow experiment '{experiment}' not found at {uri} "
-                           f"(experiments: {', '.join(names) or 'none'})")
-    runs, token = [], None
-    while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
-        runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
-                 and any(k.startswith("auc/") for k in r.data.metrics)]
-        token = page.token
-        if not token:
-            break
-    if not runs:
-        raise CompareError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC metric")
-    return runs
+    try:
+        return tracking.training_runs(experiment, uri)
+    except tracking.TrackingError as err:
+        raise CompareError(str(err)) from None
 
 
 def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Table:
@@ -254,22 +239,13 @@ def plot(table: Table, path: Path, by: str | None = None) -> None:
     plt.close(fig)
 
 
-def _write(path: Path, write) -> None:
-    """Write through a temporary file, so a failure leaves no half-written output."""
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the suffix: matplotlib picks the format by it
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_outputs(table: Table, out: Path, by: str | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{table.experiment}.{ext}" for ext in ("csv", "md", "png")}
-    _write(paths["csv"], lambda p: p.write_text(to_csv(table)))
-    _write(paths["md"], lambda p: p.write_text(to_markdown(table)))
-    _write(paths["png"], lambda p: plot(table, p, by))
+    atomic_write(paths["csv"], to_csv(table))
+    atomic_write(paths["md"], to_markdown(table))
+    with atomic_path(paths["png"]) as tmp:
+        plot(table, tmp, by)
     return paths
 
 
@@ -283,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     args = parser.parse_args(argv)
 
-    from zxvad.tracking import DEFAULT_TRACKING_URI, absolute_uri
+    from zxvad.tracking import resolve_uri
 
-    uri = absolute_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    uri = resolve_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: --tracking-uri {uri}: no such MLflow database", file=sys.stderr)
         return 2

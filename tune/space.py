@@ -250,66 +250,15 @@ def _validate(path: Path, raw: dict[str, Any]) -> Sweep:
     name = raw.get("name") or path.stem
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise fail("name", f"= {name!r}: use letters, digits, '.', '_' and '-'")
-
-    base_ref = raw.get("base") or "demo"
-    if not isinstance(base_ref, str):
-        raise fail("base", f"= {base_ref!r}: expected a preset name or a config file")
-    beside = path.parent / base_ref
-    base_path = str(beside) if beside.is_file() else base_ref
-    fixed = raw["set"]
-    resources = _resources(raw.get("resources"), fail)
-    fixed_all = {**fixed, "train.num_workers": resources.workers, "train.use_gpu": resources.gpus > 0}
-    try:
-        base = config_lib.load(base_path, [f"{k}={json.dumps(v)}" for k, v in fixed_all.items()])
-    except ConfigError as err:
-        raise SweepError(f"sweep '{path}': {err}") from None
-
-    search = raw.get("search")
+    base_ref, base, resources = _base(path, raw, fail)
     space = _space(raw.get("space"), base, fail)
-    if search is None:
-        search = "random" if any(d.is_range() for d in space) else "grid"
-    if search not in SEARCHES:
-        raise fail("search", f"= {search!r}: expected one of {', '.join(SEARCHES)}")
-    if search == "grid":
-        ranged = [d.name for d in space if d.is_range()]
-        if ranged:
-            raise fail(f"space.{ranged[0]}", "is a range, which a grid cannot enumerate: "
-                       "use grid/choice values or search: random")
-    if search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise fail("search", "= 'optuna' needs the optuna package (pip install 'zxvad[tune]')") from None
-
-    mode = raw.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise fail("mode", f"= {mode!r}: expected max or min")
-    metric = raw.get("metric", "auc/mean")
-    if metric not in known_metrics(base):
-        raise fail("metric", f"= {metric!r} is not reported by training (known: "
-                   f"{', '.join(known_metrics(base))})")
-
+    search = _search(raw.get("search"), space, fail)
+    metric, mode = _objective(raw, base, fail)
     scheduler = _scheduler(raw.get("scheduler"), fail)
     if scheduler.kind == "asha" and not base.eval.targets:
         raise fail("scheduler", "= asha needs evaluation targets (eval.targets) to rank trials")
-
-    counts = {}
-    for key, default, low in (("samples", 1, 1), ("seeds", 1, 1), ("max_concurrent", 0, 0),
-                              ("search_seed", 0, 0)):
-        value = raw.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise fail(key, f"= {value!r}: expected an integer >= {low}")
-        counts[key] = value
-    if search == "optuna":
-        if counts["seeds"] > 1:
-            raise fail("seeds", "> 1 needs search: random or grid (Optuna proposes each config once)")
-        crossed = [d.name for d in space if d.kind == "grid"]
-        if crossed:
-            raise fail(f"space.{crossed[0]}", "is a grid, which Optuna cannot search: use choice")
-    if search == "grid" and counts["samples"] != 1:
-        raise fail("samples", "must be 1 with search: grid (use seeds to repeat configurations)")
-
-    sweep = Sweep(name=name, base=base, base_ref=base_ref, fixed=dict(fixed), space=space,
+    counts = _counts(raw, search, space, fail)
+    sweep = Sweep(name=name, base=base, base_ref=base_ref, fixed=dict(raw["set"]), space=space,
                   search=search, metric=metric, mode=mode, scheduler=scheduler,
                   samples=counts["samples"], seeds=counts["seeds"], resources=resources,
                   max_concurrent=counts["max_concurrent"], search_seed=counts["search_seed"],
@@ -325,6 +274,73 @@ def _validate(path: Path, raw: dict[str, Any]) -> Sweep:
         raise fail("scheduler", f"= asha: trials have {sweep.eval_rounds} evaluation round(s), not more "
                    f"than grace_period {scheduler.grace_period}; lower eval.eval_every")
     return sweep
+
+
+def _base(path: Path, raw: dict[str, Any], fail) -> tuple[str, Config, Resources]:
+    """The base config (a preset, or a file beside the sweep file) with ``set`` and the resources."""
+    base_ref = raw.get("base") or "demo"
+    if not isinstance(base_ref, str):
+        raise fail("base", f"= {base_ref!r}: expected a preset name or a config file")
+    beside = path.parent / base_ref
+    base_path = str(beside) if beside.is_file() else base_ref
+    resources = _resources(raw.get("resources"), fail)
+    fixed_all = {**raw["set"], "train.num_workers": resources.workers, "train.use_gpu": resources.gpus > 0}
+    try:
+        base = config_lib.load(base_path, [f"{k}={json.dumps(v)}" for k, v in fixed_all.items()])
+    except ConfigError as err:
+        raise SweepError(f"sweep '{path}': {err}") from None
+    return base_ref, base, resources
+
+
+def _search(search: Any, space: list[Dimension], fail) -> str:
+    """The search algorithm, random by default when the space holds a range, else grid."""
+    if search is None:
+        search = "random" if any(d.is_range() for d in space) else "grid"
+    if search not in SEARCHES:
+        raise fail("search", f"= {search!r}: expected one of {', '.join(SEARCHES)}")
+    if search == "grid":
+        ranged = [d.name for d in space if d.is_range()]
+        if ranged:
+            raise fail(f"space.{ranged[0]}", "is a range, which a grid cannot enumerate: "
+                       "use grid/choice values or search: random")
+    if search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise fail("search", "= 'optuna' needs the optuna package (pip install 'zxvad[tune]')") from None
+    return search
+
+
+def _objective(raw: dict[str, Any], base: Config, fail) -> tuple[str, str]:
+    """``(metric, mode)``: a metric training reports, maximised or minimised."""
+    mode = raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise fail("mode", f"= {mode!r}: expected max or min")
+    metric = raw.get("metric", "auc/mean")
+    if metric not in known_metrics(base):
+        raise fail("metric", f"= {metric!r} is not reported by training (known: "
+                   f"{', '.join(known_metrics(base))})")
+    return metric, mode
+
+
+def _counts(raw: dict[str, Any], search: str, space: list[Dimension], fail) -> dict[str, int]:
+    """samples, seeds, max_concurrent and search_seed, each checked against the search."""
+    counts = {}
+    for key, default, low in (("samples", 1, 1), ("seeds", 1, 1), ("max_concurrent", 0, 0),
+                              ("search_seed", 0, 0)):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise fail(key, f"= {value!r}: expected an integer >= {low}")
+        counts[key] = value
+    if search == "optuna":
+        if counts["seeds"] > 1:
+            raise fail("seeds", "> 1 needs search: random or grid (Optuna proposes each config once)")
+        crossed = [d.name for d in space if d.kind == "grid"]
+        if crossed:
+            raise fail(f"space.{crossed[0]}", "is a grid, which Optuna cannot search: use choice")
+    if search == "grid" and counts["samples"] != 1:
+        raise fail("samples", "must be 1 with search: grid (use seeds to repeat configurations)")
+    return counts
 
 
 def _resources(raw: Any, fail) -> Resources:

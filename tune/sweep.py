@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shards.storage import atomic_write, is_s3
 from tune import space
 from tune.space import Sweep, SweepError
 from zxvad.config import ConfigError
@@ -167,26 +168,18 @@ def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
     return head + cfg.to_yaml()
 
 
-def _write(path: Path, text: str) -> None:
-    """Write through a temporary file, so an interruption leaves no half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: str, out: Path,
            wall_s: float) -> int:
     """Summaries, the best config (file + MLflow artifact); 130 when the sweep was interrupted."""
-    import mlflow
-
     from tune.trial import sweep_run
+    from zxvad import tracking
 
     trials = trial_table(sweep, variants, experiment_path, filesystem)
     total = len(variants) if variants else sweep.samples
     unfinished = total - sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
     summary = {"sweep": sweep.name, "tracking_uri": uri, "experiment_path": experiment_path,
                "wall_s": round(wall_s, 1), "interrupted": unfinished > 0, "trials": trials}
-    _write(out / "trials.json", json.dumps(summary, indent=2, default=str))
+    atomic_write(out / "trials.json", json.dumps(summary, indent=2, default=str))
     early = sum(t["stopped_early"] for t in trials)
     errors = [t for t in trials if t["error"]]
     print(f"\nsweep {sweep.name}: {total} trials: {total - unfinished - len(errors)} ended "
@@ -202,12 +195,10 @@ def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: 
         print(f"error: no trial of sweep {sweep.name} reported {sweep.metric}", file=sys.stderr)
         return 1
     params, value, n = best
-    _write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    atomic_write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
     run_id = sweep_run(sweep, uri, sweep.path.read_text())
-    client.log_metric(run_id, f"best/{sweep.metric}", value)
-    client.log_artifact(run_id, str(out / "best-config.yaml"))
-    client.log_artifact(run_id, str(out / "trials.json"))
+    tracking.log_sweep_result(uri, run_id, sweep.metric, value,
+                              [out / "best-config.yaml", out / "trials.json"])
     print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
     print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
     print(f"compare: python -m tune.compare --experiment {sweep.name} --tracking-uri {uri}")
@@ -240,7 +231,7 @@ def prepare(argv: list[str] | None = None):
             train.resolve_inputs(cfg)
             checked.add(key)
     train.check_storage(sweep.base)
-    uri = tracking.absolute_uri(tracking.tracking_uri(sweep.base))
+    uri = tracking.resolve_uri(sweep.base.tracking.tracking_uri)
     tracking.check_reachable(uri)
     out = Path(args.out or Path("sweeps") / sweep.name)
     return sweep, uri, out
@@ -268,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: sweep '{sweep.name}' at {experiment_path} was started with another sweep file "
               "or other overrides; rerun with those, or pass --fresh", file=sys.stderr)
         return 2
-    _write(spec_file, spec)
+    atomic_write(spec_file, spec)
 
     began = time.time()
     start_ray()
     trial_storage = f"{sweep.base.train.storage_path.rstrip('/')}/{sweep.name}/trials"
-    if not trial_storage.startswith("s3://"):
+    if not is_s3(trial_storage):
         trial_storage = os.path.abspath(trial_storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, variants=variants, uri=uri, storage_path=trial_storage),

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import json
 
-import mlflow
 import ray.tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from tune import space
-from tune.compare import CONFIG_TAG, ROLE_TAG, SWEEP_TAG
 from tune.space import Sweep
+from zxvad import tracking
 
-TRIAL_TAG = "zxvad.trial_id"
-SEED_TAG = "zxvad.seed"
-ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
 ROUND = "eval_round"  # ASHA's time unit
 
 
@@ -59,7 +55,7 @@ def trial_params(config: dict, variants: list) -> tuple[dict, int]:
 
 def run_trial(config: dict, sweep: Sweep, variants: list, uri: str, storage_path: str) -> None:
     """The Tune function: one training run with this trial's config, reporting to Tune."""
-    from zxvad import tracking, train
+    from zxvad import train
 
     trial_id = ray.tune.get_context().get_trial_id()
     params, seed = trial_params(config, variants)
@@ -69,15 +65,12 @@ def run_trial(config: dict, sweep: Sweep, variants: list, uri: str, storage_path
     cfg.train.storage_path = storage_path
     inputs = train.resolve_inputs(cfg)
     _, run_id = tracking.open_run(cfg, run_name)
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    for key, value in ((SWEEP_TAG, sweep.name), (TRIAL_TAG, trial_id),
-                       (CONFIG_TAG, space.config_id(params)), (SEED_TAG, str(seed))):
-        client.set_tag(run_id, key, value)
-    attempt = len(client.get_metric_history(run_id, ATTEMPT_METRIC)) + 1
-    client.log_metric(run_id, ATTEMPT_METRIC, attempt, step=attempt)
+    tracking.tag_trial(uri, run_id, {tracking.SWEEP_TAG: sweep.name, tracking.TRIAL_TAG: trial_id,
+                                     tracking.CONFIG_TAG: space.config_id(params),
+                                     tracking.SEED_TAG: str(seed)})
 
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
-    train.build_trainer(cfg, inputs, run_name, run_id, uri, callbacks=[report]).fit()
+    train.build_trainer(train.make_job(cfg, inputs, run_id, uri), run_name, callbacks=[report]).fit()
 
 
 class Progress(ray.tune.Callback):
@@ -136,19 +129,8 @@ class Progress(ray.tune.Callback):
 
 def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
     """The sweep-level MLflow run (found by tag, or created with the sweep's settings)."""
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(sweep.name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep.name)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"{sweep.name}-sweep",
-                            tags={SWEEP_TAG: sweep.name, ROLE_TAG: "sweep"})
     params = {"search": sweep.search, "metric": f"{sweep.metric} ({sweep.mode})",
               "scheduler": sweep.scheduler.kind, "samples": sweep.samples, "seeds": sweep.seeds,
               "base": sweep.base_ref,
               "space": json.dumps({d.name: {d.kind: d.values} for d in sweep.space}, default=str)[:6000]}
-    for key, value in params.items():
-        client.log_param(run.info.run_id, key, value)
-    client.log_text(run.info.run_id, sweep_file_text, "sweep.yaml")
-    return run.info.run_id
+    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text)

@@ -63,28 +63,48 @@ def read(path: str | Path) -> tuple[dict, config_lib.Config]:
     return state, config_lib.from_yaml_text(config_path.read_text())
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, config_lib.Config]:
-    """G in eval mode on ``device`` and its config, from a checkpoint or an MLflow model URI."""
+def load_generator(path: str | Path, device: str | torch.device = "cpu",
+                   size: int | None = None) -> tuple[torch.nn.Module, config_lib.Config]:
+    """G in eval mode on ``device`` and its config, from a checkpoint or an MLflow model URI.
+
+    Raises:
+        CheckpointError: a missing or unreadable checkpoint, weights that do not match its
+            config, or a checkpoint of another image size than ``size``.
+    """
     text = str(path)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        return _load_mlflow_generator(text, device)
+        G, cfg = _load_mlflow_generator(text, device)
+    else:
+        G, cfg = _load_checkpoint_generator(path)
+    if size is not None and size != cfg.model.image_size:
+        s = cfg.model.image_size
+        raise CheckpointError(f"checkpoint '{path}': G was trained on {s}x{s} frames, not the "
+                              f"requested --size {size} (drop --size to score at {s}x{s})")
+    return G.to(device).eval(), cfg
+
+
+def _load_checkpoint_generator(path: str | Path) -> tuple[torch.nn.Module, config_lib.Config]:
     from zxvad.models import build_generator
 
     state, cfg = read(path)
     if "G" not in state:
         raise CheckpointError(f"checkpoint '{path}': holds no generator weights (key 'G')")
     G = build_generator(cfg.model)
-    G.load_state_dict(state["G"])
-    return G.to(device).eval(), cfg
+    try:
+        G.load_state_dict(state["G"])
+    except RuntimeError as err:  # the weights are not those of the config's G
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+        raise CheckpointError(f"checkpoint '{path}': its weights do not match its config.yaml "
+                              f"({detail})") from None
+    return G, cfg
 
 
 def _load_mlflow_generator(uri: str, device) -> tuple[torch.nn.Module, config_lib.Config]:
-    import mlflow
-    import mlflow.pytorch
+    from zxvad import tracking
 
     try:
-        G = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
-        config_text = mlflow.artifacts.load_text(uri.rstrip("/") + "/" + "extra_files/" + CONFIG_FILE)
-    except Exception as err:
-        raise CheckpointError(f"MLflow model '{uri}': cannot be loaded ({str(err).splitlines()[0]})") from None
-    return G.to(device).eval(), config_lib.from_yaml_text(config_text)
+        G, config_text = tracking.load_generator_model(uri, device, CONFIG_FILE)
+    except tracking.TrackingError as err:
+        raise CheckpointError(str(err)) from None
+    return G, config_lib.from_yaml_text(config_text)

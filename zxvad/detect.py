@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from array import array
@@ -33,6 +32,8 @@ import numpy as np
 import torch
 
 from zxvad import scoring
+from zxvad.checkpoint import load_generator as load_detector
+from zxvad.resources import peak_rss_mb
 from zxvad.video_io import VideoError, VideoSource, VideoWriter
 
 LIVE_WINDOW = 300  # frames of the sliding normalisation of a live stream without --window
@@ -364,33 +365,6 @@ def plot_curve(det: Detection, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
-
-
-def load_detector(checkpoint: str, device: torch.device, size: int | None = None):
-    """G and its config from a checkpoint, with one-line errors for every way it can be wrong.
-
-    Raises:
-        ValueError: a missing or unreadable checkpoint, weights that do not match its config, or
-            a checkpoint of another image size than ``size``.
-    """
-    from zxvad.checkpoint import load_generator
-
-    try:
-        G, cfg = load_generator(checkpoint, device)
-    except RuntimeError as err:  # load_state_dict: the weights are not those of the config's G
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
-        raise ValueError(f"checkpoint '{checkpoint}': its weights do not match its config.yaml "
-                         f"({detail})") from None
-    if size is not None and size != cfg.model.image_size:
-        s = cfg.model.image_size
-        raise ValueError(f"checkpoint '{checkpoint}': G was trained on {s}x{s} frames, not the "
-                         f"requested --size {size} (drop --size to score at {s}x{s})")
-    return G, cfg
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from zxvad import scoring
+from zxvad.ddp import unwrap as _unwrap
 
 
 @dataclass
@@ -50,10 +51,6 @@ class TargetResult:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if hasattr(module, "module") else module
 
 
 @torch.no_grad()

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from shards.storage import atomic_path, atomic_write
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 18
@@ -110,8 +111,7 @@ def export(G: nn.Module, cfg, fmt: str, path: str | Path, atol: float = DEFAULT_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     G = G.cpu().eval()
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
+    with atomic_path(path) as tmp:
         (export_torchscript if fmt == "torchscript" else export_onnx)(G, cfg, tmp)
         diff = max_difference(tmp, fmt, G, cfg)
         if not diff <= atol:
@@ -123,14 +123,7 @@ def export(G: nn.Module, cfg, fmt: str, path: str | Path, atol: float = DEFAULT_
                 "output_shape": ["batch", 3, m.image_size, m.image_size], "range": [-1.0, 1.0],
                 "color": "RGB", "frames_T": m.frames, "image_size": m.image_size,
                 "max_abs_difference_vs_pytorch": diff, "config": cfg.to_dict()}
-        card_path = path.with_name(path.name + ".json")
-        card_tmp = card_path.with_name(f".{card_path.name}.partial")
-        card_tmp.write_text(json.dumps(card, indent=2))
-        os.replace(tmp, path)
-        os.replace(card_tmp, card_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        path.with_name(f".{path.name}.json.partial").unlink(missing_ok=True)
+        atomic_write(path.with_name(path.name + ".json"), json.dumps(card, indent=2))
     return path, diff
 
 
@@ -147,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"largest allowed |exported - PyTorch| (default {DEFAULT_ATOL:g})")
     args = parser.parse_args(argv)
     try:
-        from zxvad.detect import load_detector
+        from zxvad.checkpoint import load_generator
 
-        G, cfg = load_detector(args.checkpoint, torch.device("cpu"))
+        G, cfg = load_generator(args.checkpoint, torch.device("cpu"))
         out = args.out or f"export-out/generator-{cfg.model.image_size}{FORMATS[args.format]}"
         path, diff = export(G, cfg, args.format, out, args.atol, source=str(args.checkpoint))
     except (ValueError, RuntimeError, OSError, ImportError) as err:

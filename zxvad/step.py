@@ -26,16 +26,12 @@ from torch import Tensor, nn
 
 from zxvad import losses
 from zxvad.config import Config
+from zxvad.ddp import unwrap
 from zxvad.models import build_models
 from zxvad.synthesis import scda_attention, synthesize
 
 STATE_KEYS = ("G", "D", "N", "arcface", "opt_g", "opt_d", "opt_n", "scaler", "step",
               "backbone", "backbone_seed")
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return getattr(module, "module", module)
 
 
 @contextlib.contextmanager

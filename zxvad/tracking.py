@@ -1,21 +1,32 @@
-"""MLflow for training and evaluation: one run per training run, resumed by name, no secrets.
+"""MLflow, all of it: tracking URIs, tag names, what runs, trials and sweeps log, and loading G back.
 
-The driver opens (or finds) the run before any Ray work, so an unreachable tracking server fails
-fast; rank 0 then logs into that run by id.
+One run per training run, resumed by name, no secrets. The driver opens (or finds) the run before
+any Ray work, so an unreachable tracking server fails fast; rank 0 then logs into that run by id.
+Sweeps tag each trial's run and keep one sweep-level run; ``tune.compare`` reads them back here.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from zxvad.config import Config
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Every tag and run-level name zxvad writes; tune.compare and the tests read them from here.
 RUN_NAME_TAG = "zxvad.run_name"
+SWEEP_TAG = "zxvad.sweep"
+ROLE_TAG = "zxvad.role"  # "sweep" on the sweep-level run, which holds no training
+CONFIG_TAG = "zxvad.config_id"
+TRIAL_TAG = "zxvad.trial_id"
+SEED_TAG = "zxvad.seed"
+ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
+GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
 _SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential|session_key)", re.I)
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
                "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN")
@@ -25,8 +36,9 @@ class TrackingError(RuntimeError):
     """MLflow cannot be reached or used; one line naming the tracking URI."""
 
 
-def tracking_uri(cfg: Config) -> str:
-    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+def resolve_uri(explicit: str | None = None) -> str:
+    """``explicit``, else MLFLOW_TRACKING_URI, else the default sqlite store; made absolute."""
+    return absolute_uri(explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def absolute_uri(uri: str) -> str:
@@ -85,7 +97,7 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
     """
     import mlflow
 
-    uri = absolute_uri(tracking_uri(cfg))
+    uri = resolve_uri(cfg.tracking.tracking_uri)
     try:
         check_reachable(uri)
     except TrackingError:
@@ -110,6 +122,39 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         return uri, run.info.run_id
 
 
+def metric_name(key: str) -> str:
+    """Loss terms (``l_*``) under ``loss/``; everything else by its own name."""
+    return f"loss/{key}" if key.startswith("l_") else key
+
+
+class RunLogger:
+    """Rank 0's handle on its training run: step metrics and, at the end, G as an MLflow model."""
+
+    def __init__(self, uri: str, run_id: str):
+        import mlflow
+
+        self.uri, self.run_id = uri, run_id
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+
+    def log_metrics(self, values: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(metric_name(k), float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_generator(self, G: Any, config_file: str | Path) -> None:
+        """The final G, with its config so it can be rebuilt anywhere."""
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.uri)
+        with mlflow.start_run(run_id=self.run_id):
+            # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
+            mlflow.pytorch.log_model(G, name=GENERATOR_MODEL, serialization_format="pickle",
+                                     pip_requirements=["torch", "zxvad"], extra_files=[str(config_file)])
+
+
 def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step: int | None = None,
                    uri: str | None = None) -> None:
     """AUC per target, their mean, efficiency figures and the report files into a run."""
@@ -125,3 +170,80 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
         client.log_metric(run_id, key, value, step=step or 0)
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
+
+
+def load_generator_model(uri: str, device, config_file: str) -> tuple[Any, str]:
+    """G logged as an MLflow model (``runs:/ID/generator``) and the text of its config file."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    try:
+        G = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
+        config_text = mlflow.artifacts.load_text(uri.rstrip("/") + "/extra_files/" + config_file)
+    except Exception as err:
+        raise TrackingError(f"MLflow model '{uri}': cannot be loaded ({str(err).splitlines()[0]})") from None
+    return G, config_text
+
+
+def tag_trial(uri: str, run_id: str, tags: dict[str, str]) -> int:
+    """Tag a sweep trial's run and count this start of it; returns the attempt (1, 2, ...)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    attempt = len(client.get_metric_history(run_id, ATTEMPT_METRIC)) + 1
+    client.log_metric(run_id, ATTEMPT_METRIC, attempt, step=attempt)
+    return attempt
+
+
+def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text: str) -> str:
+    """The sweep-level run of experiment ``sweep`` (found by its role tag, or created)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(sweep)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep)
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"{sweep}-sweep",
+                            tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
+    for key, value in params.items():
+        client.log_param(run.info.run_id, key, value)
+    client.log_text(run.info.run_id, sweep_file_text, "sweep.yaml")
+    return run.info.run_id
+
+
+def log_sweep_result(uri: str, run_id: str, metric: str, value: float, files: list) -> None:
+    """The sweep's best value of ``metric`` and its summary files, on the sweep-level run."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.log_metric(run_id, f"best/{metric}", value)
+    for path in files:
+        client.log_artifact(run_id, str(path))
+
+
+def training_runs(experiment: str, uri: str) -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise TrackingError(f"MLflow experiment '{experiment}' not found at {uri} "
+                            f"(experiments: {', '.join(names) or 'none'})")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
+                 and any(k.startswith("auc/") for k in r.data.metrics)]
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC metric")
+    return runs

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import torch
 
+from shards.storage import is_s3, parse_s3_url
 from zxvad import checkpoint as ckpt
 from zxvad import config as config_lib
 from zxvad.config import Config
+from zxvad.ddp import unwrap, wrap_trained
+from zxvad.resources import peak_rss_mb
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -65,7 +68,7 @@ def default_run_name(cfg: Config) -> str:
 def storage(cfg: Config):
     """``(storage_path, storage_filesystem)`` for RunConfig: a local folder or s3:// (+endpoint)."""
     path = cfg.train.storage_path
-    if not path.startswith("s3://"):
+    if not is_s3(path):
         return os.path.abspath(path), None
     endpoint = cfg.train.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint:
@@ -77,13 +80,14 @@ def storage(cfg: Config):
     fs = pyarrow.fs.S3FileSystem(endpoint_override=host, scheme=scheme,
                                  region=os.environ.get("AWS_REGION", "us-east-1"),
                                  connect_timeout=5, request_timeout=30)
-    return path[len("s3://"):], fs
+    bucket, prefix = parse_s3_url(path)
+    return f"{bucket}/{prefix}".rstrip("/"), fs
 
 
 def check_storage(cfg: Config) -> None:
     """Fail before Ray when the checkpoint store cannot be written."""
     path = cfg.train.storage_path
-    if not path.startswith("s3://"):
+    if not is_s3(path):
         Path(path).mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK):
             raise ValueError(f"config key 'train.storage_path' = {path!r}: not writable")
@@ -92,31 +96,24 @@ def check_storage(cfg: Config) -> None:
 
     if cfg.train.s3_endpoint:
         os.environ.setdefault("AWS_ENDPOINT_URL", cfg.train.s3_endpoint)
-    bucket, _ = s3.parse_url(path)
     try:
+        bucket, _ = parse_s3_url(path)
         s3.check_bucket(s3.client(), bucket)
-    except RuntimeError as err:
+    except (ValueError, s3.S3Error) as err:
         raise ValueError(f"config key 'train.storage_path' = {path!r}: {err}") from None
 
 # ----------------------------------------------------------------------------- on each worker
 
 
-def _wrap_ddp(state, device: torch.device) -> None:
-    """G, D, N and the ArcFace weights under DDP (R is frozen and needs no gradient sync)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
+@dataclass
+class TrainJob:
+    """What every worker gets: the validated config, its resolved shards and its MLflow run."""
 
-    ids = [device.index] if device.type == "cuda" else None
-    for name in ("G", "D", "N", "arcface"):
-        module = getattr(state, name)
-        if any(p.requires_grad for p in module.parameters()):
-            setattr(state, name, DDP(module, device_ids=ids))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg: Config
+    inputs: Inputs
+    run_id: str = ""  # empty: no MLflow (--no-mlflow)
+    tracking_uri: str = ""
+    threads: int = 1
 
 
 class _Progress:
@@ -139,145 +136,143 @@ class _Progress:
         return f"step {step}/{self.total} | {terms} | {rate:.2f} step/s | ETA {eta_text}"
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """One DDP worker: its own DALI pipelines for its rank, the training step, reports."""
+def _restore(state, rank: int) -> bool:
+    """Load the latest checkpoint Ray hands this worker, if any; True when it did."""
     import ray.train
-    import ray.train.torch
 
-    from zxvad.data import ClipLoader, DonorLoader
-    from zxvad.step import build_state, train_step
-
-    cfg = config_lib.from_yaml_text(loop_config["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.train.seed * 1009 + rank)
-    torch.set_num_threads(max(1, int(loop_config.get("threads", 1))))
-
-    state = build_state(cfg, device)
     resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as folder:
-            saved, _ = ckpt.read(folder)
-        state.load_state_dict(saved)
-        if rank == 0:
-            print(f"resumed from checkpoint at step {state.step}", flush=True)
-    if world > 1:
-        _wrap_ddp(state, device)
+    if resumed is None:
+        return False
+    with resumed.as_directory() as folder:
+        saved, _ = ckpt.read(folder)
+    state.load_state_dict(saved)
+    if rank == 0:
+        print(f"resumed from checkpoint at step {state.step}", flush=True)
+    return True
 
+
+def _loaders(job: TrainJob, step: int, rank: int, world: int, device: torch.device):
+    """This rank's clip and donor iterators, reshuffled when a run resumes at ``step``."""
+    from zxvad.data import ClipLoader, DonorLoader
+
+    cfg = job.cfg
     T, size = cfg.model.frames, (cfg.model.image_size, cfg.model.image_size)
     common = dict(batch_size=cfg.train.batch_size, size=size, shard_id=rank, num_shards=world,
                   device=device, threads=cfg.data.loader_threads,
                   shuffle_buffer=cfg.data.shuffle_buffer)
     # A resumed run reshuffles with a new seed so it does not replay the same clips.
-    seed = cfg.data.seed + 7919 * state.step
-    clips = iter(ClipLoader(loop_config["train"], frames=T + 1, stride=cfg.data.frame_stride,
-                            seed=seed, **common))
-    donors = iter(DonorLoader(loop_config["donors"], seed=seed + 1, **common))
+    seed = cfg.data.seed + 7919 * step
+    clips = ClipLoader(job.inputs.train, frames=T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
+    donors = DonorLoader(job.inputs.donors, seed=seed + 1, **common)
+    return iter(clips), iter(donors)
 
-    logger = _RankZeroLogger(loop_config, cfg) if rank == 0 else None
-    if logger and resumed is not None:  # the run's history shows every restart and its step
-        logger.metrics({"resumed_from_step": state.step}, state.step)
+
+def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path, last: bool):
+    """Zero-shot AUC on every target, the report in ``folder/eval``; ``(results, figures, files)``."""
+    from zxvad import evaluate as ev
+
+    results = ev.evaluate_targets(state.G, targets, frames=cfg.model.frames,
+                                  size=cfg.model.image_size, device=device,
+                                  batch_size=cfg.eval.batch_size,
+                                  top_frames=cfg.eval.top_frames, progress=False)
+    figures = ev.efficiency(state.G, cfg, results) if last else {}
+    files = ev.write_report(results, folder / "eval", frames=cfg.model.frames,
+                            figures=figures, plots=cfg.eval.plots and last)
+    print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
+    return results, figures, files
+
+
+def _evaluation_metrics(results: dict, figures: dict) -> dict:
+    """What Ray (and Tune's schedulers) see of an evaluation."""
+    from zxvad import evaluate as ev
+
+    out = {f"auc/{name}": r.auc for name, r in results.items()}
+    out["auc/mean"] = ev.mean_auc(results)
+    out.update({f"efficiency/{k}": v for k, v in figures.items()})
+    return out
+
+
+def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_now: bool,
+                     last: bool) -> None:
+    """Rank 0 checkpoints (and evaluates, logs); every rank reports, as Ray Train requires."""
+    import ray.train
+
+    from zxvad import tracking
+
+    step = state.step
+    metrics = {"step": step, **{k: float(v) for k, v in losses.items()}}
+    with tempfile.TemporaryDirectory() as folder:
+        report_ckpt = None
+        if ray.train.get_context().get_world_rank() == 0:
+            ckpt.save(state, folder)
+            if evaluate_now:
+                results, figures, files = _evaluate(state, job.cfg, job.inputs.targets, device, step,
+                                                    Path(folder), last)
+                metrics.update(_evaluation_metrics(results, figures))
+                if run is not None:
+                    tracking.log_evaluation(run.run_id, results, figures, files if last else [],
+                                            step=step, uri=run.uri)
+            if last and run is not None:
+                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE)
+            report_ckpt = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=report_ckpt)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """One DDP worker: its own DALI pipelines for its rank, the training step, reports."""
+    import ray.train
+    import ray.train.torch
+
+    from zxvad import tracking
+    from zxvad.step import build_state, train_step
+
+    job: TrainJob = loop_config["job"]
+    cfg = job.cfg
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed * 1009 + rank)
+    torch.set_num_threads(max(1, job.threads))
+
+    state = build_state(cfg, device)
+    resumed = _restore(state, rank)
+    if world > 1:
+        wrap_trained(state, device)
+    clips, donors = _loaders(job, state.step, rank, world, device)
+    run = tracking.RunLogger(job.tracking_uri, job.run_id) if rank == 0 and job.run_id else None
+    if run and resumed:  # the run's history shows every restart and its step
+        run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = _Progress(cfg.train.steps, state.step)
-    targets = loop_config["targets"]
     while state.step < cfg.train.steps:
         losses = train_step(state, next(clips), next(donors))
         step = state.step
         last = step >= cfg.train.steps
-        if logger and (step % cfg.train.log_every == 0 or last):
+        if rank == 0 and (step % cfg.train.log_every == 0 or last):
             losses["steps_per_s"] = progress.rate(step)
-            losses["worker_peak_rss_mb"] = _peak_rss_mb()
+            losses["worker_peak_rss_mb"] = peak_rss_mb()
             print(progress.line(step, losses), flush=True)
-            logger.metrics(losses, step)
-        evaluate_now = targets and (last or (cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
-        checkpoint_now = last or step % cfg.train.checkpoint_every == 0 or evaluate_now
-        if not checkpoint_now:
-            continue
-        metrics = {"step": step, **{k: float(v) for k, v in losses.items()}}
-        with tempfile.TemporaryDirectory() as folder:
-            report_ckpt = None
-            if rank == 0:
-                ckpt.save(state, folder)
-                if evaluate_now:
-                    metrics.update(logger.evaluate(state, targets, device, step, Path(folder), last))
-                if last:
-                    logger.final(state, Path(folder))
-                report_ckpt = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=report_ckpt)
-
-
-class _RankZeroLogger:
-    """MLflow logging and evaluation, done by rank 0 only."""
-
-    def __init__(self, loop_config: dict, cfg: Config):
-        import mlflow
-
-        self.cfg, self.run_id, self.uri = cfg, loop_config["run_id"], loop_config["tracking_uri"]
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri) if self.run_id else None
-
-    def metrics(self, values: dict, step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(f"loss/{k}" if k.startswith("l_") else k, float(v), now, step)
-                 for k, v in values.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
-
-    def evaluate(self, state, targets: dict, device, step: int, folder: Path, last: bool) -> dict:
-        from zxvad import evaluate as ev
-        from zxvad import tracking
-
-        results = ev.evaluate_targets(state.G, targets, frames=self.cfg.model.frames,
-                                      size=self.cfg.model.image_size, device=device,
-                                      batch_size=self.cfg.eval.batch_size,
-                                      top_frames=self.cfg.eval.top_frames, progress=False)
-        figures = ev.efficiency(state.G, self.cfg, results) if last else {}
-        files = ev.write_report(results, folder / "eval", frames=self.cfg.model.frames,
-                                figures=figures, plots=self.cfg.eval.plots and last)
-        print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
-        if self.client is not None:
-            tracking.log_evaluation(self.run_id, results, figures, files if last else [], step=step,
-                                    uri=self.uri)
-        out = {f"auc/{name}": r.auc for name, r in results.items()}
-        out["auc/mean"] = ev.mean_auc(results)
-        out.update({f"efficiency/{k}": v for k, v in figures.items()})
-        return out
-
-    def final(self, state, folder: Path) -> None:
-        """The final G as an MLflow model, with its config so it can be rebuilt anywhere."""
-        if self.client is None:
-            return
-        import mlflow
-        import mlflow.pytorch
-
-        G = state.G.module if hasattr(state.G, "module") else state.G
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
-            mlflow.pytorch.log_model(G, name="generator", serialization_format="pickle",
-                                     pip_requirements=["torch", "zxvad"],
-                                     extra_files=[str(folder / ckpt.CONFIG_FILE)])
+            if run:
+                run.log_metrics(losses, step)
+        evaluate_now = bool(job.inputs.targets) and (
+            last or bool(cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
+        if last or step % cfg.train.checkpoint_every == 0 or evaluate_now:
+            _save_and_report(job, state, losses, device, run, evaluate_now, last)
 
 
 # ----------------------------------------------------------------------------- on the driver
 
 
-def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str,
-                  callbacks: list | None = None):
-    """The Ray Train V2 TorchTrainer for this config (``callbacks``: e.g. Tune's reporter)."""
+def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None):
+    """The Ray Train V2 TorchTrainer for this job (``callbacks``: e.g. Tune's reporter)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    cfg = job.cfg
     path, filesystem = storage(cfg)
-    loop_config = {"config": cfg.to_yaml(), "train": inputs.train, "donors": inputs.donors,
-                   "targets": inputs.targets, "run_id": run_id, "tracking_uri": uri,
-                   "threads": 1 if not cfg.train.use_gpu else 4}
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=None if cfg.train.use_gpu else {"CPU": 1}),
@@ -289,6 +284,11 @@ def build_trainer(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: 
             callbacks=callbacks or None,
         ),
     )
+
+
+def make_job(cfg: Config, inputs: Inputs, run_id: str = "", uri: str = "") -> TrainJob:
+    """The job for ``cfg``: one thread per CPU worker, a few to feed each GPU."""
+    return TrainJob(cfg, inputs, run_id, uri, threads=4 if cfg.train.use_gpu else 1)
 
 
 # Ray Train's controller writes its run snapshot to storage_path itself and gives up on the first
@@ -311,9 +311,10 @@ def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id:
     Worker failures are Ray Train's (``FailureConfig``); this covers the controller's own writes
     to ``storage_path``, up to ``train.max_failures`` times, waiting for the store to come back.
     """
+    job = make_job(cfg, inputs, run_id, uri)
     for attempt in range(cfg.train.max_failures + 1):
         try:
-            return build_trainer(cfg, inputs, run_name, run_id, uri, callbacks).fit()
+            return build_trainer(job, run_name, callbacks).fit()
         except Exception as err:
             if attempt == cfg.train.max_failures or not is_storage_outage(err):
                 raise

@@ -17,6 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
+from shards.storage import partial_path
+
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")  # never end
 FOLDER_FPS = 25.0  # a frame folder carries no rate; this is the common VAD-dataset rate
@@ -191,7 +193,7 @@ class VideoWriter:
         import av
 
         self.path = Path(path)
-        self._tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self._tmp = partial_path(self.path)
         self._container = av.open(str(self._tmp), "w")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         rate = Fraction(fps).limit_denominator(1001) if math.isfinite(fps) and fps > 0 else Fraction(25)

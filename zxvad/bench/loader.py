@@ -18,6 +18,8 @@ import sys
 import tarfile
 import time
 
+from zxvad.resources import peak_rss_mb
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -40,10 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
     parser.add_argument("--fraction", type=float, default=1.0, help="stable shard prefix (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-
-
-def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _time(loader, batches: int, warmup: int, what: str) -> float:
@@ -111,7 +109,7 @@ def run(args: argparse.Namespace) -> dict:
           f"at {args.size[0]}x{args.size[1]}, {args.workers} workers, decoder {dali.decoder}, stored {dali.quality}",
           file=sys.stderr)
     dali_rate = _time(dali, args.batches, args.warmup, "DALI")
-    dali_rss = _peak_rss_mb()
+    dali_rss = peak_rss_mb()
     del dali
 
     baseline = DataLoader(_baseline_dataset(shards, args.frames, args.size, seed=0),
@@ -122,11 +120,11 @@ def run(args: argparse.Namespace) -> dict:
         "dali_clips_per_s": round(dali_rate, 2),
         "baseline_clips_per_s": round(baseline_rate, 2),
         "ratio": round(dali_rate / baseline_rate, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "dali_peak_rss_mb": round(dali_rss, 1),
     }
     del baseline  # ends the workers, so that their peak reaches RUSAGE_CHILDREN
-    figures["baseline_worker_peak_rss_mb"] = round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1)
+    figures["baseline_worker_peak_rss_mb"] = round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)
     print(f"DALI {dali_rate:.1f} clips/s, PyAV DataLoader {baseline_rate:.1f} clips/s: "
           f"{figures['ratio']:.2f}x", file=sys.stderr)
     return figures

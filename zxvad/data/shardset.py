@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.format import MANIFEST_NAME, META_EXT, VIDEO_EXT, ClipMeta, index_name, shards_for_fraction
+from shards.storage import is_s3, parse_s3_url
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI's CPU video decoder reads; the GPU reads more
 
@@ -36,15 +37,6 @@ class ShardInfo:
 
 # -- local or S3 files ------------------------------------------------------------------------------
 
-def is_s3(path: str) -> bool:
-    return path.startswith("s3://")
-
-
-def _split_s3(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len("s3://"):].partition("/")
-    return bucket, key
-
-
 @lru_cache(maxsize=1)
 def _s3_client():
     from shards import s3  # the builder's client: AWS_ENDPOINT_URL, path-style addressing, retries
@@ -60,9 +52,9 @@ def read_bytes(path: str, offset: int = 0, size: int | None = None) -> bytes:
             return f.read() if size is None else f.read(size)
     from shards.s3 import describe
 
-    bucket, key = _split_s3(path)
     extra = {"Range": f"bytes={offset}-{offset + size - 1}"} if size is not None else {}
     try:
+        bucket, key = parse_s3_url(path)
         body = _s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
     except Exception as err:  # botocore raises many kinds; all mean "cannot read it"
         raise FileNotFoundError(describe(err, path)) from None
@@ -77,7 +69,7 @@ def _exists(path: str) -> bool:
     if not is_s3(path):
         return os.path.isfile(path)
     try:
-        bucket, key = _split_s3(path)
+        bucket, key = parse_s3_url(path)
         _s3_client().head_object(Bucket=bucket, Key=key)
         return True
     except Exception:
