@@ -1,4 +1,4 @@
-"""``python -m zxvad.bench {model,synthesis,loader} ...``: one module per benchmark.
+"""``python -m zxvad.bench {model,synthesis,loader,step} ...``: one module per benchmark.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
 printed last as one JSON line.
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "model": "G's parameters, GMACs and checkpoint MB at a preset's size",
     "synthesis": "batched pseudo-anomaly synthesis O against a per-sample loop",
     "loader": "DALI clip pipeline against a PyAV DataLoader baseline",
+    "step": "one train_step: time, its split by section, memory, FLOPs and TFLOP/s",
 }
 
 
