@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean gpu-wheels gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,3 +32,18 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db ray_results demo-out
+
+# The GPU check (README "Performance"). gpu-wheels needs internet; gpu-check runs on a CUDA machine
+# that holds only torch (Python 3.12): it unpacks the missing wheels and writes gpu-check.json.
+GPU_WHEELS := .gpu-wheels
+GPU_PKGS := kornia==0.9.0 kornia_rs==0.2.0 pytorch-metric-learning==2.9.0 torchvision==0.29.1 \
+	pillow numpy pyyaml tqdm packaging nvidia-ml-py
+
+gpu-wheels:
+	for pkg in $(GPU_PKGS); do $(PY) -m pip download -q --no-deps --only-binary=:all: \
+		--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS) $$pkg || exit 1; done
+	du -sh $(GPU_WHEELS)
+
+gpu-check:
+	$(PY) -m zxvad.bench.gpu_check --wheels $(GPU_WHEELS) --out gpu-check.json $(GPU_CHECK_ARGS)

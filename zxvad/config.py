@@ -91,6 +91,9 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     amp: bool = False  # CUDA only
+    channels_last: bool = False  # G, D, N stored NHWC: faster on tensor cores, no gain on the CPU
+    compile: bool = False  # torch.compile G, D and N in place (minutes of compiling first)
+    fused_adam: bool = True  # one fused Adam kernel per optimiser (CUDA and CPU)
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False

@@ -244,6 +244,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = _Progress(cfg.train.steps, state.step)
     while state.step < cfg.train.steps:
+        # lazy: the loss floats come back (one host sync) only at log and checkpoint steps
         losses = train_step(state, next(clips), next(donors))
         step = state.step
         last = step >= cfg.train.steps

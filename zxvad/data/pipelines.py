@@ -113,6 +113,18 @@ def _check_rank(shard_id: int, num_shards: int) -> None:
 
 # -- the loaders the training loop uses ---------------------------------------------------------------
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; a CPU batch bound for CUDA goes through pinned memory, asynchronously.
+
+    Pageable memory makes the copy synchronous (the host waits for the GPU); a pinned one lets
+    the next batch's decoding overlap the step. The caching host allocator keeps the pinned
+    block alive until the copy is done.
+    """
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 class _RandomLoader:
     """What ClipLoader and DonorLoader share: a shuffled, padded DALI pipeline iterated forever."""
 
@@ -144,7 +156,7 @@ class _RandomLoader:
                                                  last_batch_policy=LastBatchPolicy.FILL, auto_reset=True)
         while True:  # forever; the reader reshuffles its shard order at each epoch
             for batch in self._iterator:
-                yield batch[0]["x"].to(self.device, non_blocking=True)
+                yield to_device(batch[0]["x"], self.device)
             self.epoch += 1
 
 
