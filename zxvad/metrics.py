@@ -69,12 +69,14 @@ def per_target(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
     return rows
 
 
-def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] | None = None) -> str:
+def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] | None = None,
+          mean_row: bool = True) -> str:
     """Plain text: one row per target (G's AUC %, each baseline's, gain in points), then the mean.
 
     Args:
         metrics: names as written by :func:`flat` (other keys are ignored).
         extra: more columns per target, e.g. ``{"street": {"frames": "396"}}``.
+        mean_row: end with the mean over targets.
     """
     rows = per_target(metrics)
     baselines = [b for b in BASELINES if any(b in r for r in rows.values())]
@@ -92,9 +94,10 @@ def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] |
         line = f"{name:<20}" + "".join(cell(row.get(c), c == "gain") for c in head)
         line += "".join(f"{extra[name].get(c, ''):>8}" for c in extra_cols) if extra else ""
         lines.append(line)
-    means = {c: _mean([r[c] for r in rows.values() if c in r]) for c in head}
-    means["G"] = metrics.get(f"{AUC}/{MEAN}", means["G"])
-    lines.append(f"{'mean':<20}" + "".join(cell(means[c], c == "gain") for c in head))
+    if mean_row:
+        means = {c: _mean([r[c] for r in rows.values() if c in r]) for c in head}
+        means["G"] = metrics.get(f"{AUC}/{MEAN}", means["G"])
+        lines.append(f"{'mean':<20}" + "".join(cell(means[c], c == "gain") for c in head))
     if baselines:
         lines.append("gain: G's AUC minus the best baseline's, in points (baselines: trivial "
                      "predictors scored on the same frames)")
