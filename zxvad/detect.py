@@ -491,7 +491,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; bad values exit with argparse's one line and code 2."""
     parser = argparse.ArgumentParser(prog="python -m zxvad.detect", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
@@ -533,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} {value}: must be at least {low}")
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps {args.fps}: must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
