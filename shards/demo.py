@@ -14,10 +14,17 @@ hold anomalies that a model trained elsewhere can still catch: fast cars and bik
 large trucks, and an unseen kind of object (a big bright box). A frame is labelled anomalous when at
 least a fifth of an anomalous object is in view; the labels are the frame ranges in the ``.mat``.
 
+- ``target-real`` (``ped2``, when a real clip is given): real footage of a fixed camera (default
+  ``street_pedestrians_vtest.avi`` from ``../shared/data/real-clips``) cut into test videos whose
+  anomalies are injected into real frames: speed-ups (every k-th frame kept, k of 3-5) and a textured
+  region cut from another real clip (default ``street_bikes.mp4``) crossing the scene fast. Normal
+  frames are the clip's own frames, only resized, stored losslessly (PNG); the labels mark exactly
+  the injected frames; ``real.json`` records each output frame's source frame and every event.
+
 Everything is deterministic by seed, byte for byte (bit-exact encoders, fixed .mat header).
 ``demo.json`` at the root and ``domain.json`` in each domain let ``list_videos("demo", ...)`` read them.
 
-    python -m shards.demo --out demo-out/domains [--seed 0] [--size 64]
+    python -m shards.demo --out demo-out/domains [--seed 0] [--size 64] [--real-source VIDEO]
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import hashlib
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -40,6 +49,9 @@ SOURCE_CLASSES = ("walk", "wave", "jump", "crowd")
 ANOMALY_KINDS = ("car", "truck", "box", "bike")
 VISIBLE_FRACTION = 0.2  # an anomalous object counts once this much of it is in view
 FPS = 25
+REAL_CLIPS = Path(os.environ.get("ZXVAD_REAL_CLIPS",
+                                 Path(__file__).resolve().parents[2] / "shared" / "data" / "real-clips"))
+REAL_SOURCE, REAL_DONOR = "street_pedestrians_vtest.avi", "street_bikes.mp4"
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by zxvad shards.demo".ljust(116)
 
 
@@ -306,12 +318,129 @@ def _savemat(path: Path, data: dict) -> None:
     path.write_bytes(_MAT_HEADER + raw[len(_MAT_HEADER):])
 
 
+# ----------------------------------------------------------------------------- real footage
+
+def real_frames(path: Path, size: int, every: int = 1) -> np.ndarray:
+    """Frames of a real clip (every ``every``-th), resized to ``size`` x ``size``: uint8 (N, S, S, 3)."""
+    try:
+        with av.open(str(path)) as container:
+            frames = [np.asarray(f.to_image().resize((size, size), Image.BILINEAR))
+                      for i, f in enumerate(container.decode(video=0)) if i % every == 0]
+    except (av.FFmpegError, OSError) as err:
+        raise ValueError(f"real footage {path}: cannot be decoded ({err})") from None
+    if not frames:
+        raise ValueError(f"real footage {path}: no frames")
+    return np.stack(frames)
+
+
+def _donor_patch(rng: np.random.Generator, donors: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A textured region of a random donor frame, resized to (h, w)."""
+    frame = donors[rng.integers(len(donors))]
+    dh, dw = frame.shape[:2]
+    ch = int(dh * rng.uniform(0.3, 0.6))
+    cw = min(dw, int(ch * w / h))
+    y, x = int(rng.integers(0, dh - ch + 1)), int(rng.integers(0, dw - cw + 1))
+    return np.asarray(Image.fromarray(frame[y:y + ch, x:x + cw]).resize((w, h), Image.BILINEAR))
+
+
+def _paste(img: np.ndarray, patch: np.ndarray, y: int, x: int) -> None:
+    h, w = patch.shape[:2]
+    y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + h, img.shape[0]), min(x + w, img.shape[1])
+    img[y0:y1, x0:x1] = patch[y0 - y:y1 - y, x0 - x:x1 - x]
+
+
+def _real_plan(rng: np.random.Generator, start: int, size: int, num_frames: int, index: int,
+               donors: np.ndarray) -> tuple[list[tuple[int, tuple | None]], list[dict]]:
+    """Source frame (and pasted object, if any) of each output frame, and the injected events.
+
+    Normal runs step one source frame at a time; a speed-up keeps every k-th frame (k of 3-5);
+    an object crosses the scene at 4-8 px/frame (at 64 px). At most a third of the frames abnormal.
+    """
+    plan: list[tuple[int, tuple | None]] = []
+    events, pos, budget = [], start, num_frames // 3
+
+    def normal(n: int) -> None:
+        nonlocal pos
+        plan.extend((pos + i, None) for i in range(max(n, 0)))
+        pos += max(n, 0)
+
+    normal(int(rng.integers(8, 15)))  # the first T frames are not scored: keep them normal
+    for kind in (("speed-up", "object") if index % 2 == 0 else ("object", "speed-up")):
+        if budget <= 0:
+            break
+        first = len(plan)
+        if kind == "speed-up":
+            k, n = int(rng.integers(3, 6)), min(int(rng.integers(6, 11)), budget)
+            plan.extend((pos + k * (i + 1), None) for i in range(n))
+            pos += k * n + 1
+            events.append({"kind": kind, "k": k})
+        else:
+            h = max(4, int(round(size * rng.uniform(0.18, 0.28))))
+            w = int(round(h * rng.uniform(1.0, 1.6)))
+            speed, direction = rng.uniform(4, 8) * size / 64, 1 if rng.random() < 0.5 else -1
+            y = int(rng.integers(int(0.3 * size), size - h))
+            patch = _donor_patch(rng, donors, h, w)
+            lefts = [int(round(-w + speed * i)) for i in range(1, num_frames)]
+            lefts = [x if direction > 0 else size - w - x for x in lefts if x < size][:budget]
+            plan.extend((pos + i, (patch, y, x)) for i, x in enumerate(lefts))
+            pos += len(lefts)
+            events.append({"kind": kind, "speed_px": speed, "box_hw": [h, w], "y": y})
+        events[-1]["frames"] = [first, len(plan) - 1]
+        budget -= len(plan) - first
+        normal(int(rng.integers(6, 13)))
+    normal(num_frames - len(plan))
+    events = [e for e in events if e["frames"][0] < num_frames]
+    for e in events:  # an event cut by the end of the video
+        e["frames"][1] = min(e["frames"][1], num_frames - 1)
+    return plan[:num_frames], events
+
+
+def _write_real_target(folder: Path, seed: int, size: int, count: int, num_frames: int,
+                       source: Path, donor: Path, bar) -> None:
+    """``target-real``: the real clip cut into ``count`` test videos with injected anomalies."""
+    real = real_frames(source, size)
+    donors = real_frames(donor, 4 * size, every=10)  # textures at 4x, cut and shrunk per object
+    base = folder / "ped2"
+    gt, record, start = [], [], 0
+    for n in range(count):
+        rng = np.random.default_rng([seed, 3, n])
+        plan, events = _real_plan(rng, start, size, num_frames, n, donors)
+        last = max(src for src, _ in plan)
+        if last >= len(real):
+            raise ValueError(f"real footage {source}: {len(real)} frames, too short for {count} test "
+                             f"videos of {num_frames} frames (ran out in video {n + 1})")
+        frames = real[[src for src, _ in plan]]  # fancy indexing copies: the clip stays untouched
+        labels = np.zeros(len(plan), np.uint8)
+        for t, (src, obj) in enumerate(plan):
+            if obj is not None:
+                _paste(frames[t], *obj)
+            labels[t] = obj is not None or (t > 0 and src - plan[t - 1][0] > 1)
+        video_dir = base / "testing" / "frames" / f"{n + 1:02d}"
+        video_dir.mkdir(parents=True)
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(video_dir / f"{t:03d}.png")  # lossless: normal frames stay real
+        gt.append(_spans(labels))
+        record.append({"video_id": f"testing/{n + 1:02d}", "source_frames": [s for s, _ in plan],
+                       "events": events})
+        start = last + 1
+        bar.update()
+    cell = np.empty((1, len(gt)), dtype=object)
+    for i, spans in enumerate(gt):
+        cell[0, i] = spans
+    _savemat(base / "ped2.mat", {"gt": cell})
+    meta = {"source": source.name, "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+            "donor": donor.name, "size": size, "resize": "PIL bilinear, aspect squashed to square",
+            "videos": record}
+    (folder / "real.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 # ----------------------------------------------------------------------------- domains
 
 def write_demo_domains(root: Path, seed: int = 0, *, size: int = 64, source_videos: int = 24,
                        source_frames: int = 40, test_videos: int = 6, test_frames: int = 72,
                        train_videos: int = 3, train_frames: int = 60, overwrite: bool = False,
-                       progress: bool = False) -> dict[str, tuple[str, Path]]:
+                       progress: bool = False, real_source: Path | None = None,
+                       real_donor: Path | None = None) -> dict[str, tuple[str, Path]]:
     """Write the source and two target domains under ``root``.
 
     Args:
@@ -320,6 +449,9 @@ def write_demo_domains(root: Path, seed: int = 0, *, size: int = 64, source_vide
         size: square frame size in pixels (objects and speeds scale with it).
         source_videos, source_frames: the TI-style source set (spread over :data:`SOURCE_CLASSES`).
         test_videos, test_frames, train_videos, train_frames: each target domain.
+        real_source, real_donor: with a real clip, also ``target-real`` (``test_videos`` videos of
+            ``test_frames`` frames cut from it; objects cut from ``real_donor``, default
+            :data:`REAL_DONOR` beside the source).
         overwrite: replace an existing non-empty ``root``.
         progress: show a tqdm bar.
 
@@ -337,7 +469,12 @@ def write_demo_domains(root: Path, seed: int = 0, *, size: int = 64, source_vide
         raise FileExistsError(f"{root} exists and is not empty (pass overwrite=True / --overwrite)")
     root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    jobs = source_videos + 2 * (test_videos + train_videos)
+    if real_source is not None:
+        real_donor = Path(real_donor) if real_donor else Path(real_source).parent / REAL_DONOR
+        for path in (Path(real_source), real_donor):
+            if not path.is_file():
+                raise FileNotFoundError(f"real footage {path}: no such file")
+    jobs = source_videos + 2 * (test_videos + train_videos) + (test_videos if real_source else 0)
     bar = _bar(jobs, progress)
     try:
         _write_source(work / "source", seed, size, source_videos, source_frames, bar)
@@ -346,6 +483,10 @@ def write_demo_domains(root: Path, seed: int = 0, *, size: int = 64, source_vide
                           test_videos, test_frames, train_videos, train_frames, bar)
         domains = {"source": ("videofolder", "source"), "target-street": ("ped2", "target-street"),
                    "target-plaza": ("avenue", "target-plaza")}
+        if real_source is not None:
+            _write_real_target(work / "target-real", seed * 7919 + 3, size, test_videos, test_frames,
+                               Path(real_source), real_donor, bar)
+            domains["target-real"] = ("ped2", "target-real")
         for name, (dataset, rel) in domains.items():
             (work / rel / "domain.json").write_text(json.dumps({"name": name, "dataset": dataset}) + "\n")
         meta = {"seed": seed, "size": size,
@@ -413,17 +554,30 @@ def _bar(total: int, show: bool):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shards.demo", description=(
         "Write the synthetic demo domains (a TI-style source videofolder, a Ped2-style street and an "
-        "Avenue-style plaza target with labelled anomalies) in the real dataset layouts."))
+        "Avenue-style plaza target with labelled anomalies) in the real dataset layouts, and "
+        "target-real: real fixed-camera footage with injected, labelled anomalies."))
     parser.add_argument("--out", required=True, type=Path, help="output folder (must be empty or absent)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     parser.add_argument("--size", type=int, default=64, help="square frame size in pixels (default 64)")
     parser.add_argument("--source-videos", type=int, default=24, help="source videos (default 24)")
     parser.add_argument("--test-videos", type=int, default=6, help="test videos per target (default 6)")
+    parser.add_argument("--real-source", type=Path, default=None, metavar="VIDEO",
+                        help="fixed-camera clip for target-real (default: "
+                             f"$ZXVAD_REAL_CLIPS or ../shared/data/real-clips, {REAL_SOURCE})")
+    parser.add_argument("--real-donor", type=Path, default=None, metavar="VIDEO",
+                        help=f"clip the foreign objects are cut from (default: {REAL_DONOR} beside the source)")
+    parser.add_argument("--no-real", action="store_true", help="write no target-real")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
+    real = None if args.no_real else args.real_source or REAL_CLIPS / REAL_SOURCE
+    if real is not None and args.real_source is None and not real.is_file():
+        print(f"note: real footage {real} not found (set ZXVAD_REAL_CLIPS or --real-source): "
+              "the demo runs without target-real", flush=True)
+        real = None
     try:
         domains = write_demo_domains(args.out, args.seed, size=args.size, source_videos=args.source_videos,
-                                     test_videos=args.test_videos, overwrite=args.overwrite, progress=True)
+                                     test_videos=args.test_videos, overwrite=args.overwrite, progress=True,
+                                     real_source=real, real_donor=args.real_donor)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -157,3 +157,47 @@ def test_paths_lose_their_shared_folders():
     assert compare._shorten(["s3://b/x/sht/train", "s3://b/x/hmdb/train"]) == ["sht/train", "hmdb/train"]
     assert compare._shorten(["0.5", "1.0"]) == ["0.5", "1.0"]
     assert math.isnan(compare.Row("k", {}).mean("street"))
+
+
+def test_gain_column_and_ranking_by_gain(store, tmp_path, capsys):
+    uri, client, _ = store
+    exp_id = client.create_experiment("gain-test")
+    # config -> seeds of (street AUC, street gain, plaza AUC, plaza gain): "b" has the higher AUC,
+    # "a" the higher gain over the trivial baselines
+    runs = {"a": [(0.80, 0.03, 0.70, 0.01), (0.82, 0.05, 0.72, 0.03)],
+            "b": [(0.90, -0.02, 0.85, -0.04), (0.92, -0.01, 0.86, -0.03)]}
+    for name, seeds in runs.items():
+        for seed, (street, g_street, plaza, g_plaza) in enumerate(seeds):
+            run_id = client.create_run(exp_id).info.run_id
+            client.log_param(run_id, "loss.alpha_N", name)
+            client.log_param(run_id, "train.seed", seed)
+            for key, value in {"auc/street": street, "auc/plaza": plaza, "auc/mean": (street + plaza) / 2,
+                               "auc_gain/street": g_street, "auc_gain/plaza": g_plaza,
+                               "auc_gain/mean": (g_street + g_plaza) / 2,
+                               "auc_baseline/copy_last/street": street - g_street}.items():
+                client.log_metric(run_id, key, value, step=8)
+    table = compare.build_table("gain-test", compare.load_runs("gain-test", uri))
+    assert table.columns == ["street", "plaza", "mean", "gain"]
+    a = next(r for r in table.rows if r.params["loss.alpha_N"] == "a")
+    assert a.mean("gain") == pytest.approx(statistics.mean([0.02, 0.04]))
+    assert a.mean("gain/street") == pytest.approx(0.04)
+    assert compare.rank(table, "auc/mean") == "mean" and table.rows[0].params["loss.alpha_N"] == "b"
+    assert compare.rank(table, "auc_gain/mean") == "gain" and table.rows[0] is a
+    assert compare.rank(table, "auc_gain/plaza") == "gain/plaza" and table.rows[0] is a
+
+    rc = compare.main(["--experiment", "gain-test", "--metric", "auc_gain/mean", "--out",
+                       str(tmp_path / "out"), "--tracking-uri", uri])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    lines = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| loss.alpha_N | street | plaza | mean | gain | runs |"
+    assert lines[1].startswith("| a |") and "**+3.00 ± 1.41**" in lines[1] and lines[2].startswith("| b |")
+    assert "gain: G's AUC minus the best trivial baseline's" in printed
+    rows = list(csv.DictReader((tmp_path / "out" / "gain-test.csv").open()))
+    assert float(rows[0]["gain_mean"]) == pytest.approx(0.03)
+
+    rc = compare.main(["--experiment", "gain-test", "--metric", "auc_gain/ped2", "--tracking-uri", uri,
+                       "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--metric auc_gain/ped2: not logged" in err[0]
+    assert "auc_gain/street" in err[0] and not (tmp_path / "x").exists()

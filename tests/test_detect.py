@@ -327,3 +327,53 @@ def test_help_and_bad_options(capsys):
         detect.main(["x.mp4", "--checkpoint", "c", "--window", "1"])
     assert exit_.value.code == 2
     assert "--window 1: must be at least 2" in capsys.readouterr().err
+
+
+# --- labels: AUC beside the trivial baselines -------------------------------------------------
+
+def test_labels_print_auc_beside_baselines(tmp_path, tiny_checkpoint, capsys):
+    from zxvad.scoring import VideoResult, baseline_predictions, frame_auc, psnr
+
+    frames = scene(30, anomaly=(14, 18))
+    folder = write_folder(frames, tmp_path / "cam")
+    labels = np.zeros(30, dtype=np.uint8)
+    labels[14:19] = 1
+    np.save(tmp_path / "cam.npy", labels)
+    (tmp_path / "other.txt").write_text(",".join(map(str, labels)))
+    other = write_folder(frames, tmp_path / "other")
+    rc, out, err = run(capsys, folder, other, "--checkpoint", tiny_checkpoint, "--out", tmp_path / "out",
+                       "--labels", tmp_path / "cam.npy", "--labels", tmp_path / "other.txt", "--no-progress")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "cam.json").read_text())
+    # copy_last recomputed from the frames themselves: PSNR of frame t-1 against frame t
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    windows = x.unfold(0, T + 1, 1).permute(0, 4, 1, 2, 3)
+    expected = psnr(baseline_predictions(windows[:, :T])["copy_last"], windows[:, T]).numpy()
+    assert report["frames"]["baseline_psnr"]["copy_last"] == pytest.approx(expected.tolist(), abs=1e-3)
+    want = {p: frame_auc([VideoResult("cam", np.array(v), labels)], T)
+            for p, v in {"G": report["frames"]["psnr"], **report["frames"]["baseline_psnr"]}.items()}
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+             if line.split() and line.split()[0] in ("target", "cam", "other", "pooled")}
+    assert table["target"] == ["G", "%", "copy_last", "mean_T", "linear", "gain"]
+    assert float(table["cam"][0]) == pytest.approx(100 * want["G"], abs=0.005)
+    assert float(table["cam"][1]) == pytest.approx(100 * want["copy_last"], abs=0.005)
+    best = max(want["copy_last"], want["mean_T"], want["linear"])
+    assert float(table["cam"][4]) == pytest.approx(100 * (want["G"] - best), abs=0.005)
+    assert table["pooled"] == table["cam"] == table["other"]  # the same frames twice
+
+
+def test_bad_labels_are_one_line_errors(tmp_path, tiny_checkpoint, capsys):
+    folder = write_folder(scene(10), tmp_path / "cam")
+    ckpt = ["--checkpoint", tiny_checkpoint, "--out", tmp_path / "out", "--no-progress"]
+    one_line_error(*run(capsys, folder, *ckpt, "--labels", tmp_path / "none.npy")[::2],
+                   "none.npy", "no such file")
+    (tmp_path / "bad.txt").write_text("0 1 2")
+    one_line_error(*run(capsys, folder, *ckpt, "--labels", tmp_path / "bad.txt")[::2],
+                   "bad.txt", "one 0/1 value per frame")
+    (tmp_path / "short.txt").write_text("0 1 0")
+    rc, out, err = run(capsys, folder, *ckpt, "--labels", tmp_path / "short.txt")
+    one_line_error(rc, err, "short.txt", "3 labels for the 10 decoded frames")
+    with pytest.raises(SystemExit) as exit_:
+        detect.main([str(folder), str(folder), *map(str, ckpt), "--labels", str(tmp_path / "bad.txt")])
+    assert exit_.value.code == 2
+    assert "--labels given 1 time(s) for 2 input(s)" in capsys.readouterr().err

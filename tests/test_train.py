@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import TINY_MODEL
@@ -119,8 +120,19 @@ def test_chain_shards_train_checkpoint_evaluate_mlflow(demo_shards, local_ray, t
     run = runs[0]
     assert run.data.params["model.width"] == "4" and run.data.params["loss.alpha_N"] == "0.5"
     assert {"loss/l_rec", "loss/l_g", "loss/l_d", "loss/l_n_total", "steps_per_s", "worker_peak_rss_mb",
-            "auc/street", "auc/plaza", "auc/mean", "efficiency/params"} <= set(run.data.metrics)
+            "auc/street", "auc/plaza", "auc/mean", "efficiency/params", "auc_gain/street",
+            "auc_gain/plaza", "auc_gain/mean", "auc_baseline/copy_last/street",
+            "auc_baseline/mean_T/plaza", "auc_baseline/linear/street"} <= set(run.data.metrics)
     assert run.data.metrics["auc/mean"] == pytest.approx(report["mean_auc"], abs=1e-6)
+    # the baselines' AUCs recomputed from the per-frame PSNRs in results.json match MLflow's
+    from zxvad.scoring import VideoResult, frame_auc
+
+    videos = report["targets"]["street"]["videos"]
+    copy_last = frame_auc([VideoResult(v["video_id"], np.array(v["baseline_psnr"]["copy_last"]),
+                                       np.array(v["labels_all"])) for v in videos], 4)
+    assert run.data.metrics["auc_baseline/copy_last/street"] == pytest.approx(copy_last, abs=1e-6)
+    assert offline["targets"]["street"]["baseline_auc"]["copy_last"] == pytest.approx(copy_last, abs=1e-6)
+    assert "copy_last" in out and "gain" in out
     history = client.get_metric_history(run.info.run_id, "loss/l_rec")
     assert sorted({m.step for m in history}) == [2, 4, 6, 8]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -1,9 +1,11 @@
 """Compare runs of one MLflow experiment: the AUC table of the paper's Tables 4 and 5, and a plot.
 
-``python -m tune.compare --experiment NAME [--by data.fraction] [--out DIR] [--tracking-uri URI]``
+``python -m tune.compare --experiment NAME [--by data.fraction] [--metric auc_gain/mean] [--out DIR]``
 
 One row per configuration (runs that differ only in their seeds are grouped), one column per
-target AUC and their mean, in percent; with several seeds a cell reads ``mean ± std``. The best
+target AUC, their mean and ``gain`` (``auc_gain/mean``: G's AUC minus the best trivial baseline's,
+averaged over targets), in percent; with several seeds a cell reads ``mean ± std``. ``--metric``
+ranks the rows by any of ``auc/<target>``, ``auc/mean``, ``auc_gain/<target>``, ``auc_gain/mean``. The best
 cell of each column is bold in the Markdown table; a cell marked † lies closer to that best than
 the seed spread (the larger of the two standard deviations), so the difference is not
 significant. Writes ``NAME.csv`` (fractions, full precision), ``NAME.md`` and ``NAME.png`` (AUC
@@ -24,10 +26,12 @@ from typing import Any
 from shards.storage import atomic_path, atomic_write
 from tune.space import SEED_KEYS
 from zxvad.tracking import CONFIG_TAG
+from zxvad import metrics as metric_names
 
 # Params that differ between runs of one configuration without changing it.
 IGNORED = (*SEED_KEYS, "tracking.run_name")
 NOT_SIGNIFICANT = "†"
+GAIN = "gain"  # the column of auc_gain/mean; per-target gains are kept as "gain/<target>"
 
 
 class CompareError(ValueError):
@@ -66,7 +70,8 @@ class Table:
 
     @property
     def columns(self) -> list[str]:
-        return [*self.targets, "mean"]
+        gain = [GAIN] if any(r.values.get(GAIN) for r in self.rows) else []
+        return [*self.targets, "mean", *gain]
 
     @property
     def seeded(self) -> bool:
@@ -114,6 +119,11 @@ def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Tabl
             row.values.setdefault(name, []).append(float(value))
         mean = metrics.get("auc/mean", sum(aucs.values()) / len(aucs) if aucs else math.nan)
         row.values.setdefault("mean", []).append(float(mean))
+        for key, value in metrics.items():
+            head, _, name = key.partition("/")
+            if head == metric_names.GAIN:
+                column = GAIN if name == metric_names.MEAN else f"{GAIN}/{name}"
+                row.values.setdefault(column, []).append(float(value))
     ordered = list(rows.values())
     all_keys = sorted({k for r in ordered for k in r.params})
     varying = [k for k in all_keys if len({r.params.get(k) for r in ordered}) > 1]
@@ -127,6 +137,28 @@ def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Tabl
     for i, row in enumerate(ordered):
         row.label = {k: short[k][i] for k in varying}
     return Table(experiment, ordered, targets, varying)
+
+
+def column_of(metric: str, table: Table) -> str:
+    """``auc/street`` -> ``street``, ``auc_gain/mean`` -> ``gain``; one clear error otherwise."""
+    head, _, name = metric.partition("/")
+    column = {metric_names.AUC: name, metric_names.GAIN: GAIN if name == metric_names.MEAN
+              else f"{GAIN}/{name}"}.get(head)
+    if not name or column is None or not any(r.values.get(column) for r in table.rows):
+        known = [f"auc/{t}" for t in table.columns if t != GAIN]
+        known += sorted(f"auc_gain/{c[len(GAIN) + 1:]}" for c in {k for r in table.rows
+                        for k in r.values} if c.startswith(f"{GAIN}/"))
+        known += ["auc_gain/mean"] if GAIN in table.columns else []
+        raise CompareError(f"--metric {metric}: not logged by the runs of experiment "
+                           f"'{table.experiment}' (known: {', '.join(known)})")
+    return column
+
+
+def rank(table: Table, metric: str) -> str:
+    """Order the rows best first by ``metric``; returns its column."""
+    column = column_of(metric, table)
+    table.rows.sort(key=lambda r: (math.isnan(r.mean(column)), -r.mean(column)))
+    return column
 
 
 def _sort_value(text: str | None) -> tuple:
@@ -154,7 +186,7 @@ def _cell(table: Table, row: Row, column: str, bold: bool) -> str:
     m = row.mean(column)
     if math.isnan(m):
         return "-"
-    text = f"{100 * m:.2f}"
+    text = f"{100 * m:+.2f}" if column == GAIN else f"{100 * m:.2f}"
     if table.seeded:
         text += f" ± {100 * row.std(column):.2f}"
     if bold and table.best(column) is row:
@@ -173,6 +205,9 @@ def to_markdown(table: Table, bold: bool = True) -> str:
         cells = [_cell(table, row, c, bold) for c in table.columns]
         lines.append("| " + " | ".join([*label, *cells, str(len(row.runs))]) + " |")
     notes = [f"AUC % of experiment '{table.experiment}', final value of each run"]
+    if GAIN in table.columns:
+        notes.append("gain: G's AUC minus the best trivial baseline's (copy_last, mean_T, linear), "
+                     "in points, averaged over targets")
     if table.seeded:
         notes.append(f"mean ± std over seeds; {NOT_SIGNIFICANT}: behind the best by less than the "
                      "seed spread (not significant)")
@@ -211,6 +246,7 @@ def plot(table: Table, path: Path, by: str | None = None) -> None:
             groups.setdefault(", ".join(row.label[k] for k in others), []).append(row)
         xs_all = []
         for group, rows in groups.items():
+            rows = sorted(rows, key=lambda r: _sort_value(r.params.get(by)))
             xs = [_sort_value(r.params.get(by))[1] for r in rows]
             xs_all += xs
             for column in table.columns:
@@ -254,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True, help="MLflow experiment (a sweep's name)")
     parser.add_argument("--by", default=None, metavar="KEY",
                         help="config key to sort rows by and plot against, e.g. data.fraction")
+    parser.add_argument("--metric", default=None, metavar="NAME",
+                        help="rank rows best first by auc/mean, auc/<target>, auc_gain/mean or "
+                             "auc_gain/<target> (gain: G's AUC minus the best trivial baseline's)")
     parser.add_argument("--out", default=None, help="output folder (default: compare/EXPERIMENT)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
@@ -267,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         table = build_table(args.experiment, load_runs(args.experiment, uri), args.by)
+        if args.metric:
+            rank(table, args.metric)
     except CompareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ key::
       model.backbone: {choice: [resnet50, alexnet]}
       data.train_shards,data.donor_shards: {grid: [[a, a], [b, b]]}   # joint keys
     search: random                # random | grid | optuna
-    metric: auc/mean              # auc/mean or auc/<target>
+    metric: auc/mean              # auc/mean, auc/<target>, auc_gain/mean or auc_gain/<target>
     mode: max
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # rounds = evaluations
     samples: 8                    # draws of the random dimensions
@@ -188,7 +188,7 @@ def _draw(dim: Dimension, rng: np.random.Generator) -> Any:
 
 
 def known_metrics(cfg: Config) -> list[str]:
-    return ["auc/mean", *(f"auc/{name}" for name in cfg.eval.targets)]
+    return [f"{head}/{name}" for head in ("auc", "auc_gain") for name in ("mean", *cfg.eval.targets)]
 
 
 def find(name_or_path: str) -> Path:

@@ -14,6 +14,8 @@ Outputs per input, in ``--out``: ``NAME.csv`` and ``NAME.json`` (frame, time in 
 score, and anomalous 0/1 with ``--threshold``), ``NAME-curve.png`` and, with ``--overlay``,
 ``NAME-overlay.mp4`` (G's difference heat map blended over the frames). With ``--threshold``
 the anomalous frames are merged into segments and printed as time ranges (00:01.20-00:03.40).
+With ``--labels`` (per-frame 0/1, one file per input) it prints the frame-level AUC of G beside
+the trivial baselines (copy_last, mean_T, linear: scored on the same frames) and their gain.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from zxvad import scoring
+from zxvad import metrics, scoring
 from zxvad.checkpoint import load_generator as load_detector
 from zxvad.resources import peak_rss_mb
 from zxvad.video_io import VideoError, VideoSource, VideoWriter
@@ -77,6 +80,7 @@ class Detection:
     seconds: float = 0.0  # wall time of the pass (decode + G)
     files: list[Path] = field(default_factory=list)
     stopped: bool = False  # the user interrupted the stream
+    baseline_psnr: dict[str, np.ndarray] = field(default_factory=dict)  # trivial predictors, same frames
 
     @property
     def frame_index(self) -> np.ndarray:
@@ -191,6 +195,127 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+class _VideoPass:
+    """One input's pass: decode into a ring of T+1 frames, score batches with G and the baselines,
+    stream the CSV (and overlay), track segments; all its outputs or none of them."""
+
+    def __init__(self, G: torch.nn.Module, source: VideoSource, *, frames: int, device: torch.device,
+                 out: Path, name: str, batch_size: int, window: int | None, threshold: float | None,
+                 overlay: bool, progress: bool):
+        from tqdm import tqdm
+
+        self.G, self.source, self.T, self.device, self.out, self.name = G, source, frames, device, out, name
+        self.batch_size, self.window, self.threshold, self.overlay = batch_size, window, threshold, overlay
+        self.csv = _CsvRows(out / f"{name}.csv", threshold is not None)
+        self.normaliser = SlidingNormaliser(window) if window is not None else None
+        self.tracker = SegmentTracker(1.0 / source.fps)
+        self.colors = _heat_colors() if overlay else None
+        self.writer: VideoWriter | None = None
+        self.times, self.psnrs, self.scores = array("d"), array("d"), array("d")
+        self.baselines = {b: array("d") for b in scoring.BASELINES}
+        self.ring: deque[torch.Tensor] = deque(maxlen=frames + 1)
+        self.pending: list[tuple] = []  # (index, time, display, window (T+1, 3, S, S))
+        self.files: list[Path] = []
+        self.bar = tqdm(total=source.total, desc=name, unit="frame", disable=not progress,
+                        dynamic_ncols=True)
+
+    def run(self) -> tuple[int, bool]:
+        """Decode and score every frame; returns (frames decoded, stopped by the user)."""
+        decoded, stopped = 0, False
+        try:
+            for frame in self.source:
+                decoded += 1
+                self.bar.update(1)
+                self.feed(frame)
+        except KeyboardInterrupt:  # a live stream ends when its user says so: keep what was scored
+            stopped = True
+        self.flush()
+        self.bar.close()
+        return decoded, stopped
+
+    def feed(self, frame) -> None:
+        if self.overlay and self.writer is None:
+            h, w = frame.display.shape[:2]
+            self.writer = VideoWriter(self.out / f"{self.name}-overlay.mp4", w, h, self.source.fps)
+        self.ring.append(_to_tensor(frame.model))
+        if frame.index < self.T:  # no T predecessors yet: shown, not scored
+            if self.overlay:
+                self.writer.write(frame.display)
+            return
+        self.pending.append((frame.index, frame.time, frame.display, torch.stack(tuple(self.ring))))
+        if len(self.pending) == self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """G and the baselines on the pending windows (the same frames), in one batch."""
+        if not self.pending:
+            return
+        windows = torch.stack([w for *_, w in self.pending]).to(self.device, non_blocking=True)
+        inputs, target = windows[:, :self.T], windows[:, self.T]
+        prediction = self.G(inputs).prediction
+        values = scoring.psnr(prediction, target).cpu().tolist()
+        for b, guess in scoring.baseline_predictions(inputs).items():
+            self.baselines[b].extend(scoring.psnr(guess, target).cpu().tolist())
+        if self.overlay:
+            prediction, target = prediction.float().cpu(), target.float().cpu()
+        for j, ((index, t, display, _), p) in enumerate(zip(self.pending, values)):
+            self.times.append(t)
+            self.psnrs.append(p)
+            if self.normaliser is not None:  # live: scores, CSV rows and segments as it plays
+                self.scores.append(self.normaliser.push(p))
+                self.row(index, t, p, self.scores[-1], announce=True)
+            if self.overlay:
+                self.writer.write(blend_heat(display, prediction[j], target[j], self.colors))
+        self.pending.clear()
+
+    def row(self, index: int, t: float, p: float, score: float, announce: bool = False) -> None:
+        flag = None if self.threshold is None else int(score >= self.threshold)
+        self.csv.write(index, t, p, score, flag)
+        if flag is not None and (closed := self.tracker.push(index, t, bool(flag))) and announce:
+            self.announce(closed)
+
+    def announce(self, segment: Segment) -> None:
+        self.bar.write(f"{self.name}: anomalous {segment} (frames {segment.first}-{segment.last})")
+
+    def finish(self, decoded: int, stopped: bool, seconds: float) -> Detection:
+        """Scores over the whole video (unless windowed), then the JSON, plot, overlay and CSV."""
+        if decoded < self.T + 1:
+            raise VideoError(f"input '{self.source.source}': {decoded} frame(s), needs at least "
+                             f"T+1 = {self.T + 1} (G predicts frame T+1 from T frames)")
+        as_array = lambda values: np.frombuffer(values, dtype=np.float64).copy()
+        psnr, times = as_array(self.psnrs), as_array(self.times)
+        if self.normaliser is not None:
+            score = as_array(self.scores)
+        else:
+            score = scoring.normalize_scores(psnr)
+            for index, t, p, s in zip(range(self.T, self.T + len(psnr)), times, psnr, score):
+                self.row(index, t, p, s)
+        if self.threshold is not None and (closed := self.tracker.close()) and self.normaliser:
+            self.announce(closed)
+        det = Detection(name=self.name, source=self.source.source, fps=self.source.fps,
+                        frames=decoded, first_scored=self.T, time=times, psnr=psnr, score=score,
+                        threshold=self.threshold, segments=self.tracker.segments,
+                        normalisation=f"window:{self.window}" if self.normaliser else "video",
+                        seconds=seconds, stopped=stopped,
+                        baseline_psnr={b: as_array(v) for b, v in self.baselines.items()})
+        self.files.append(_write_json(det, self.out / f"{self.name}.json"))
+        self.files.append(plot_curve(det, self.out / f"{self.name}-curve.png"))
+        if self.writer is not None:
+            self.files.append(self.writer.finish())
+            self.writer = None
+        self.files.append(self.csv.finish())
+        det.files = self.files
+        return det
+
+    def abort(self) -> None:
+        self.bar.close()
+        self.csv.abort()
+        if self.writer is not None:
+            self.writer.abort()
+        for path in self.files:  # this input's outputs are all or nothing
+            path.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device: torch.device,
                  out_dir: str | Path, batch_size: int = 16, window: int | None = None,
@@ -210,110 +335,23 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device
         name: the output stem (default: the input's name).
 
     Returns:
-        The :class:`Detection`, with the written files.
+        The :class:`Detection`, with the written files and the baselines' PSNRs.
 
     Raises:
         VideoError: the input cannot be decoded or has fewer than T+1 frames.
     """
-    from tqdm import tqdm
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = name or source.name
-    windowed = window is not None
-    csv = _CsvRows(out / f"{name}.csv", threshold is not None)
-    normaliser = SlidingNormaliser(window) if windowed else None
-    tracker = SegmentTracker(1.0 / source.fps)
-    colors = _heat_colors() if overlay else None
-    writer: VideoWriter | None = None
-    times, psnrs, scores = array("d"), array("d"), array("d")
-    ring: deque[torch.Tensor] = deque(maxlen=frames + 1)
-    pending: list[tuple] = []  # (index, time, display, window (T+1, 3, S, S))
-    bar = tqdm(total=source.total, desc=name, unit="frame", disable=not progress, dynamic_ncols=True)
-
-    def flush() -> None:
-        if not pending:
-            return
-        windows = torch.stack([w for *_, w in pending]).to(device, non_blocking=True)
-        target = windows[:, frames]
-        prediction = G(windows[:, :frames]).prediction
-        values = scoring.psnr(prediction, target).cpu().tolist()
-        if overlay:
-            prediction, target = prediction.float().cpu(), target.float().cpu()
-        for j, ((index, t, display, _), p) in enumerate(zip(pending, values)):
-            times.append(t)
-            psnrs.append(p)
-            if windowed:
-                score = normaliser.push(p)
-                scores.append(score)
-                flag = None if threshold is None else int(score >= threshold)
-                csv.write(index, t, p, score, flag)
-                if flag is not None and (closed := tracker.push(index, t, bool(flag))):
-                    bar.write(f"{name}: anomalous {closed} (frames {closed.first}-{closed.last})")
-            if overlay:
-                writer.write(blend_heat(display, prediction[j], target[j], colors))
-        pending.clear()
-
+    scan = _VideoPass(G, source, frames=frames, device=device, out=out, name=name or source.name,
+                      batch_size=batch_size, window=window, threshold=threshold, overlay=overlay,
+                      progress=progress)
     start = time.perf_counter()
-    decoded, stopped = 0, False
-    files: list[Path] = []
     try:
-        try:
-            for frame in source:
-                decoded += 1
-                bar.update(1)
-                if overlay and writer is None:
-                    h, w = frame.display.shape[:2]
-                    writer = VideoWriter(out / f"{name}-overlay.mp4", w, h, source.fps)
-                ring.append(_to_tensor(frame.model))
-                if frame.index < frames:  # no T predecessors yet: shown, not scored
-                    if overlay:
-                        writer.write(frame.display)
-                    continue
-                pending.append((frame.index, frame.time, frame.display, torch.stack(tuple(ring))))
-                if len(pending) == batch_size:
-                    flush()
-        except KeyboardInterrupt:  # a live stream ends when its user says so: keep what was scored
-            stopped = True
-        flush()
-        bar.close()
-        seconds = time.perf_counter() - start
-        if decoded < frames + 1:
-            raise VideoError(f"input '{source.source}': {decoded} frame(s), needs at least "
-                             f"T+1 = {frames + 1} (G predicts frame T+1 from T frames)")
-        psnr = np.frombuffer(psnrs, dtype=np.float64).copy()
-        if windowed:
-            score = np.frombuffer(scores, dtype=np.float64).copy()
-        else:
-            score = scoring.normalize_scores(psnr)
-            for index, t, p, s in zip(range(frames, frames + len(psnr)), times, psnr, score):
-                flag = None if threshold is None else int(s >= threshold)
-                csv.write(index, t, p, s, flag)
-                if flag is not None:
-                    tracker.push(index, t, bool(flag))
-        if threshold is not None and (closed := tracker.close()) and windowed:
-            bar.write(f"{name}: anomalous {closed} (frames {closed.first}-{closed.last})")
-        det = Detection(name=name, source=source.source, fps=source.fps, frames=decoded,
-                        first_scored=frames, time=np.frombuffer(times, dtype=np.float64).copy(),
-                        psnr=psnr, score=score, threshold=threshold, segments=tracker.segments,
-                        normalisation=f"window:{window}" if windowed else "video", seconds=seconds,
-                        stopped=stopped)
-        files.append(_write_json(det, out / f"{name}.json"))
-        files.append(plot_curve(det, out / f"{name}-curve.png"))
-        if writer is not None:
-            files.append(writer.finish())
-            writer = None
-        files.append(csv.finish())
+        decoded, stopped = scan.run()
+        return scan.finish(decoded, stopped, time.perf_counter() - start)
     except BaseException:
-        bar.close()
-        csv.abort()
-        if writer is not None:
-            writer.abort()
-        for path in files:  # this input's outputs are all or nothing
-            path.unlink(missing_ok=True)
+        scan.abort()
         raise
-    det.files = files
-    return det
 
 
 def _write_json(det: Detection, path: Path) -> Path:
@@ -323,7 +361,8 @@ def _write_json(det: Detection, path: Path) -> Path:
         "threshold": det.threshold, "stopped_by_user": det.stopped,
         "segments": [s.as_dict() for s in det.segments],
         "frames": {"index": det.frame_index.tolist(), "time_s": det.time.tolist(),
-                   "psnr": det.psnr.tolist(), "score": det.score.tolist()},
+                   "psnr": det.psnr.tolist(), "score": det.score.tolist(),
+                   "baseline_psnr": {b: v.tolist() for b, v in det.baseline_psnr.items()}},
     }
     if det.anomalous is not None:
         report["frames"]["anomalous"] = det.anomalous.tolist()
@@ -367,7 +406,67 @@ def plot_curve(det: Detection, path: str | Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_labels(path: str | Path) -> np.ndarray:
+    """Per-frame 0/1 labels of one input: a ``.npy`` array, or text with 0/1 values
+    separated by whitespace or commas.
+
+    Raises:
+        ValueError: a missing or unreadable file, or values other than 0 and 1.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            labels = np.load(path, allow_pickle=False).ravel()
+        else:
+            labels = np.array(path.read_text().replace(",", " ").split(), dtype=np.float64)
+    except (OSError, ValueError) as err:
+        reason = "no such file" if isinstance(err, FileNotFoundError) else str(err).splitlines()[0]
+        raise ValueError(f"--labels {path}: {reason}") from None
+    if labels.size == 0 or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"--labels {path}: expected one 0/1 value per frame")
+    return labels.astype(np.uint8)
+
+
+def labelled_video(det: Detection, labels: np.ndarray, path: str, truncated: bool
+                   ) -> dict[str, scoring.VideoResult]:
+    """G's and each baseline's :class:`scoring.VideoResult` of one labelled input.
+
+    Raises:
+        ValueError: labels that do not cover every decoded frame (or exceed them, unless the
+            input was cut short by ``--max-frames`` or the user).
+    """
+    if len(labels) < det.frames or (len(labels) > det.frames and not truncated):
+        raise ValueError(f"--labels {path}: {len(labels)} labels for the {det.frames} decoded "
+                         f"frames of '{det.source}'")
+    labels = labels[:det.frames]
+    psnrs = {"G": det.psnr, **det.baseline_psnr}
+    return {p: scoring.VideoResult(det.name, v, labels) for p, v in psnrs.items()}
+
+
+def label_table(videos: list[dict[str, scoring.VideoResult]], frames: int) -> str:
+    """AUC of G and of the baselines per labelled input (where both classes occur) and pooled
+    over all of them, by the evaluation protocol (min-max over each whole video)."""
+    def scores(group: list[dict[str, scoring.VideoResult]]):
+        aucs = {p: scoring.frame_auc([v[p] for v in group], frames) for p in group[0]}
+        return SimpleNamespace(auc=aucs.pop("G"), baseline_aucs=aucs)
+
+    rows, skipped = {}, []
+    groups = [(v["G"].video_id, [v]) for v in videos]
+    if len(videos) > 1:
+        groups.append(("pooled", videos))
+    for name, group in groups:
+        try:
+            rows[name] = scores(group)
+        except ValueError:  # one class only among the scored frames: AUC undefined
+            skipped.append(name)
+    lines = [metrics.table(metrics.flat(rows), mean_row=False)] if rows else []
+    if skipped:
+        lines.append(f"AUC undefined (one label class only among the scored frames): {', '.join(skipped)}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked; bad values exit with argparse's one line and code 2."""
     parser = argparse.ArgumentParser(prog="python -m zxvad.detect", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 2)[2])
@@ -394,8 +493,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for G (default: torch's; 1 is fastest for small models or "
                              "when several detectors share the CPU)")
+    parser.add_argument("--labels", action="append", default=None, metavar="FILE",
+                        help="per-frame 0/1 labels (.npy, or text), once per input in order: prints "
+                             "the AUC of G beside the trivial baselines (copy_last, mean_T, linear)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.labels is not None and len(args.labels) != len(args.inputs):
+        parser.error(f"--labels given {len(args.labels)} time(s) for {len(args.inputs)} input(s): "
+                     "give one labels file per input, in order")
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--window", args.window, 2),
                              ("--max-frames", args.max_frames, 1), ("--size", args.size, 1),
                              ("--threads", args.threads, 1)):
@@ -403,16 +508,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{flag} {value}: must be at least {low}")
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps {args.fps}: must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        labels = [load_labels(p) for p in args.labels] if args.labels else [None] * len(args.inputs)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         G, cfg = load_detector(args.checkpoint, device, args.size)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    failed, names = 0, set()
-    for item in args.inputs:
+    failed, names, labelled = 0, set(), []
+    for number, item in enumerate(args.inputs):
         try:
             with VideoSource(item, cfg.model.image_size,
                              display_width=OVERLAY_MAX_WIDTH if args.overlay else None,
@@ -437,6 +548,15 @@ def main(argv: list[str] | None = None) -> int:
             ranges = ", ".join(str(s) for s in det.segments) or "none"
             print(f"{det.name}: anomalous segments (score >= {det.threshold:g}): {ranges}")
         print(f"{det.name}: wrote {', '.join(str(f) for f in det.files)}")
+        if labels[number] is not None:
+            try:
+                truncated = det.stopped or args.max_frames is not None
+                labelled.append(labelled_video(det, labels[number], args.labels[number], truncated))
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                failed += 1
+    if labelled:
+        print(label_table(labelled, cfg.model.frames))
     return 2 if failed else 0
 
 

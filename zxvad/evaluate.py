@@ -5,8 +5,10 @@
 Protocol (DESIGN.md section 1, Liu et al. 2018): G predicts every frame from its T
 predecessors; PSNR on [0, 1] images; the first T frames of a video are not scored; PSNR is
 min-max normalised per video; score = 1 - normalised PSNR; one pooled ROC AUC per target.
+The trivial predictors of ``scoring.BASELINES`` are scored on the same windows in the same pass,
+and every AUC is printed beside theirs with ``gain`` = G minus the best of them.
 The JSON written beside the plots holds every frame's raw PSNR, score and label, so anyone can
-recompute the AUC.
+recompute the AUC, and the baselines' per-frame PSNRs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zxvad import scoring
+from zxvad import metrics, scoring
 from zxvad.ddp import unwrap as _unwrap
 
 
@@ -36,7 +38,19 @@ class _VideoAccumulator:
     video_frames: int
     labels: np.ndarray
     psnr: dict[int, float] = field(default_factory=dict)
+    baseline_psnr: dict[str, dict[int, float]] = field(
+        default_factory=lambda: {name: {} for name in scoring.BASELINES})
     worst: list = field(default_factory=list)  # heap of (-psnr, frame, images): k lowest PSNRs
+
+    def keep_worst(self, value: float, frame_index: int, images, k: int) -> None:
+        """Keep this video's k lowest-PSNR frames for difference maps (``images`` made lazily)."""
+        if not k or (len(self.worst) >= k and -value <= self.worst[0][0]):
+            return
+        candidate = (-value, frame_index, images())
+        if len(self.worst) < k:
+            heapq.heappush(self.worst, candidate)
+        else:
+            heapq.heapreplace(self.worst, candidate)
 
 
 @dataclass
@@ -47,66 +61,92 @@ class TargetResult:
     frames: int
     seconds: float
     top: list[dict]  # the highest-scoring frames with their images for difference maps
+    baseline_aucs: dict[str, float] = field(default_factory=dict)  # trivial predictors, same frames
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def gain(self) -> float:
+        return metrics.gain(self.auc, self.baseline_aucs)
 
 
 @torch.no_grad()
 def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames: int, size: int,
                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
                     progress: bool = True) -> TargetResult:
-    """Score every scorable frame of one target set and compute its pooled AUC."""
+    """Score every scorable frame of one target set with G and with the trivial baselines.
+
+    The baselines predict from the very windows G sees, in the same pass (no second decode).
+    """
     from tqdm import tqdm
 
-    from zxvad.data import EvalLoader, prediction_windows
+    from zxvad.data import EvalLoader
 
     G = _unwrap(G)
     was_training = G.training
     G.eval()
-    videos: dict[str, _VideoAccumulator] = {}
-    order: list[str] = []
-    scored = 0
-    compute = 0.0
+    videos: dict[str, _VideoAccumulator] = {}  # insertion order is video order
+    scored, compute = 0, 0.0
     bar = tqdm(desc=f"evaluate {name}", unit="frame", disable=not progress, leave=False)
-    for clip in EvalLoader(shards, size=(size, size), device=device):
-        acc = videos.get(clip.video_id)
-        if acc is None:
-            acc = _VideoAccumulator(clip.video_id, clip.video_frames,
-                                    np.full(clip.video_frames, -1, dtype=np.int64))
-            videos[clip.video_id] = acc
-            order.append(clip.video_id)
-        labels = clip.labels.cpu().numpy().astype(np.int64)
-        acc.labels[clip.first_frame:clip.first_frame + len(labels)] = labels
-        windows, index, _ = prediction_windows(clip, frames)
-        for start in range(0, len(windows), batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            began = time.perf_counter()
-            prediction = G(batch[:, :frames]).prediction
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            compute += time.perf_counter() - began
-            values = scoring.psnr(prediction, batch[:, frames]).cpu().numpy()
-            for j, value in enumerate(values):
-                frame_index = int(index[start + j])
-                acc.psnr[frame_index] = float(value)
-                if top_frames:  # keep this video's k lowest-PSNR frames for difference maps
-                    candidate = (-float(value), frame_index, _images(prediction[j], batch[j, frames]))
-                    if len(acc.worst) < top_frames:
-                        heapq.heappush(acc.worst, candidate)
-                    elif candidate[0] > acc.worst[0][0]:
-                        heapq.heapreplace(acc.worst, candidate)
-            scored += len(batch)
-            bar.update(len(batch))
-    bar.close()
-    if was_training:
-        G.train()
+    try:
+        for clip in EvalLoader(shards, size=(size, size), device=device):
+            acc = videos.get(clip.video_id)
+            if acc is None:
+                acc = videos[clip.video_id] = _VideoAccumulator(
+                    clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
+            count, seconds = _score_clip(G, clip, acc, frames=frames, device=device,
+                                         batch_size=batch_size, top_frames=top_frames)
+            scored, compute = scored + count, compute + seconds
+            bar.update(count)
+    finally:
+        bar.close()
+        G.train(was_training)
     if not videos:
         raise ValueError(f"target '{name}': the test shards hold no clips")
-    results, per_video = [], []
-    for video_id in order:
-        acc = videos[video_id]
+    per_video, results = _finish_videos(name, videos, frames)
+    auc = scoring.frame_auc(results.pop("G"), frames)
+    baseline_aucs = {b: scoring.frame_auc(r, frames) for b, r in results.items()}
+    top = _top_frames(videos, per_video, top_frames)
+    return TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
+
+
+def _score_clip(G: torch.nn.Module, clip, acc: _VideoAccumulator, *, frames: int,
+                device: torch.device, batch_size: int, top_frames: int) -> tuple[int, float]:
+    """PSNR of G and of each baseline for every window of one clip; returns (windows, G seconds)."""
+    from zxvad.data import prediction_windows
+
+    labels = clip.labels.cpu().numpy().astype(np.int64)
+    acc.labels[clip.first_frame:clip.first_frame + len(labels)] = labels
+    windows, index, _ = prediction_windows(clip, frames)
+    compute = 0.0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size].to(device)
+        inputs, target = batch[:, :frames], batch[:, frames]
+        began = time.perf_counter()
+        prediction = G(inputs).prediction
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute += time.perf_counter() - began
+        values = scoring.psnr(prediction, target).cpu().tolist()
+        baselines = {b: scoring.psnr(p, target).cpu().tolist()
+                     for b, p in scoring.baseline_predictions(inputs).items()}
+        for j, value in enumerate(values):
+            frame_index = int(index[start + j])
+            acc.psnr[frame_index] = value
+            for b, psnrs in baselines.items():
+                acc.baseline_psnr[b][frame_index] = psnrs[j]
+            acc.keep_worst(value, frame_index, lambda: _images(prediction[j], target[j]), top_frames)
+    return len(windows), compute
+
+
+def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
+                   ) -> tuple[list[dict], dict[str, list[scoring.VideoResult]]]:
+    """Per-video report entries, and the :class:`scoring.VideoResult` s of G and each baseline."""
+    per_video: list[dict] = []
+    results: dict[str, list[scoring.VideoResult]] = {p: [] for p in ("G", *scoring.BASELINES)}
+    for video_id, acc in videos.items():
         if (acc.labels < 0).any():
             missing = int((acc.labels < 0).sum())
             raise ValueError(f"target '{name}', video '{video_id}': {missing} frames never arrived "
@@ -115,15 +155,18 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
         if sorted(acc.psnr) != expected:
             raise ValueError(f"target '{name}', video '{video_id}': scored {len(acc.psnr)} frames, "
                              f"expected {len(expected)} (frames {frames}..{acc.video_frames - 1})")
+        labels = acc.labels.astype(np.uint8)
         psnr = np.array([acc.psnr[i] for i in expected])
-        results.append(scoring.VideoResult(video_id, psnr, acc.labels.astype(np.uint8)))
-        score = scoring.normalize_scores(psnr)
+        results["G"].append(scoring.VideoResult(video_id, psnr, labels))
+        baseline_psnr = {}
+        for b, values in acc.baseline_psnr.items():
+            baseline_psnr[b] = [values[i] for i in expected]
+            results[b].append(scoring.VideoResult(video_id, np.array(baseline_psnr[b]), labels))
         per_video.append({"video_id": video_id, "frame_index": expected, "psnr": psnr.tolist(),
-                          "score": score.tolist(), "label": acc.labels[frames:].tolist(),
-                          "labels_all": acc.labels.tolist()})
-    auc = scoring.frame_auc(results, frames)
-    top = _top_frames(videos, per_video, top_frames)
-    return TargetResult(name, auc, per_video, scored, compute, top)
+                          "score": scoring.normalize_scores(psnr).tolist(),
+                          "label": acc.labels[frames:].tolist(), "labels_all": acc.labels.tolist(),
+                          "baseline_psnr": baseline_psnr})
+    return per_video, results
 
 
 def _images(prediction: torch.Tensor, frame: torch.Tensor) -> dict:
@@ -156,17 +199,10 @@ def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, frame
             for name, shards in targets.items()}
 
 
-def mean_auc(results: dict[str, TargetResult]) -> float:
-    return float(np.mean([r.auc for r in results.values()])) if results else float("nan")
-
-
 def auc_table(results: dict[str, TargetResult]) -> str:
-    """A plain-text table: one row per target, then the mean."""
-    lines = [f"{'target':<20} {'AUC %':>7} {'frames':>8} {'videos':>7}"]
-    for r in results.values():
-        lines.append(f"{r.name:<20} {100 * r.auc:7.2f} {r.frames:8d} {len(r.videos):7d}")
-    lines.append(f"{'mean':<20} {100 * mean_auc(results):7.2f}")
-    return "\n".join(lines)
+    """A plain-text table: one row per target (G, each baseline, gain, frames, videos), then the mean."""
+    extra = {r.name: {"frames": str(r.frames), "videos": str(len(r.videos))} for r in results.values()}
+    return metrics.table(metrics.flat(results), extra)
 
 
 def efficiency(G: torch.nn.Module, cfg, results: dict[str, TargetResult] | None = None,
@@ -230,8 +266,10 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frame
     """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"frames_T": frames, "mean_auc": mean_auc(results), "efficiency": figures or {},
-              "targets": {name: {"auc": r.auc, "scored_frames": r.frames, "videos": r.videos}
+    report = {"frames_T": frames, "mean_auc": metrics.mean_auc(results),
+              "metrics": metrics.flat(results), "efficiency": figures or {},
+              "targets": {name: {"auc": r.auc, "baseline_auc": r.baseline_aucs, "gain": r.gain,
+                                 "scored_frames": r.frames, "videos": r.videos}
                           for name, r in results.items()}}
     files = [out / "results.json"]
     tmp = out / ".results.json.partial"

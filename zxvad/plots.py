@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from zxvad import scoring
+
 
 def _pyplot():
     import matplotlib
@@ -50,15 +52,22 @@ def anomaly_curves(videos: list[dict], path: str | Path, title: str = "") -> Pat
         labels = np.asarray(video["labels_all"] if "labels_all" in video else video["label"])
         for first, last in _spans(labels):
             ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.2, lw=0)
-        ax.plot(video["frame_index"], video["score"], color="tab:blue", lw=1.2)
+        copy_last = video.get("baseline_psnr", {}).get("copy_last")
+        if copy_last:  # the trivial floor, faint, so G's curve reads against it
+            ax.plot(video["frame_index"], scoring.normalize_scores(np.asarray(copy_last)),
+                    color="tab:gray", lw=0.9, alpha=0.45, label="copy last")
+        ax.plot(video["frame_index"], video["score"], color="tab:blue", lw=1.2, label="G")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(str(video["video_id"]), fontsize=9)
         ax.set_xlabel("frame", fontsize=8)
         ax.set_ylabel("anomaly score", fontsize=8)
         ax.tick_params(labelsize=7)
+    if videos and "baseline_psnr" in videos[0]:
+        axes.flat[0].legend(loc="upper left", fontsize=7, frameon=False)
     for ax in list(axes.flat)[len(videos):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: anomaly score (1 - normalised PSNR); red = labeled anomaly", fontsize=10)
+    fig.suptitle(f"{title}: anomaly score (1 - normalised PSNR); red = labeled anomaly; "
+                 "grey = copy-last baseline", fontsize=10)
     fig.tight_layout()
     try:
         return _save(fig, path)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from zxvad import metrics as summary_metrics
 from zxvad.config import Config
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -157,14 +158,11 @@ class RunLogger:
 
 def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step: int | None = None,
                    uri: str | None = None) -> None:
-    """AUC per target, their mean, efficiency figures and the report files into a run."""
+    """AUCs (G, baselines, gains: :func:`zxvad.metrics.flat`), efficiency figures and report files."""
     import mlflow
 
-    from zxvad.evaluate import mean_auc
-
     client = mlflow.MlflowClient(tracking_uri=uri)
-    metrics = {f"auc/{name}": r.auc for name, r in results.items()}
-    metrics["auc/mean"] = mean_auc(results)
+    metrics = summary_metrics.flat(results)
     metrics.update({f"efficiency/{k}": float(v) for k, v in (figures or {}).items()})
     for key, value in metrics.items():
         client.log_metric(run_id, key, value, step=step or 0)

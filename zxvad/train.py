@@ -184,10 +184,9 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
 
 def _evaluation_metrics(results: dict, figures: dict) -> dict:
     """What Ray (and Tune's schedulers) see of an evaluation."""
-    from zxvad import evaluate as ev
+    from zxvad import metrics as metrics_lib
 
-    out = {f"auc/{name}": r.auc for name, r in results.items()}
-    out["auc/mean"] = ev.mean_auc(results)
+    out = metrics_lib.flat(results)  # G's AUCs, the baselines' and the gains, per target and mean
     out.update({f"efficiency/{k}": v for k, v in figures.items()})
     return out
 
@@ -330,12 +329,10 @@ def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id:
 def summary(result, run_name: str, run_id: str, uri: str) -> str:
     metrics = result.metrics or {}
     lines = ["", f"run {run_name}: finished at step {metrics.get('step', '?')}"]
-    aucs = {k[len("auc/"):]: v for k, v in metrics.items() if k.startswith("auc/")}
-    if aucs:
-        lines.append(f"{'target':<20} {'AUC %':>7}")
-        lines += [f"{name:<20} {100 * value:7.2f}" for name, value in aucs.items() if name != "mean"]
-        if "mean" in aucs:
-            lines.append(f"{'mean':<20} {100 * aucs['mean']:7.2f}")
+    if any(k.startswith("auc/") for k in metrics):
+        from zxvad import metrics as metrics_lib
+
+        lines.append(metrics_lib.table(metrics))
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint.path}")
     if run_id:

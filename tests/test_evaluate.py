@@ -1,0 +1,149 @@
+"""zxvad.evaluate without DALI: G and the trivial baselines scored in one pass over ordered clips,
+checked against PSNRs and AUCs computed by hand; the report, the table and the MLflow metrics."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from zxvad import evaluate, metrics
+from zxvad.data.pipelines import EvalClip
+
+T = 2
+# one value per frame (every pixel, every channel), dyadic so float32 arithmetic is exact
+VIDEOS = {
+    "a": ([0.0, 0.125, 0.25, 0.375, 0.875, 0.5, 0.625, 0.25], [0, 0, 0, 0, 1, 0, 0, 1]),
+    "b": ([0.5, 0.5, 0.5, 0.625, -0.25, 0.75, 0.75, 0.75], [0, 0, 0, 0, 1, 1, 0, 0]),
+}
+
+
+class HalfLast(torch.nn.Module):
+    """A stand-in G that predicts half the last input frame."""
+
+    def forward(self, x):
+        return SimpleNamespace(prediction=x[:, -1] * 0.5)
+
+
+def _clips():
+    """Each video cut into two clips that overlap by T frames, as the test shards are."""
+    for vid, (values, labels) in VIDEOS.items():
+        frames = torch.tensor(values).reshape(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+        y = torch.tensor(labels, dtype=torch.uint8)
+        cut = 5
+        for first, stop in ((0, cut), (cut - T, len(values))):
+            yield EvalClip(vid, first, frames[first:stop], y[first:stop], len(values), stop == len(values))
+
+
+def _psnr(pred: float, target: float) -> float:
+    mse = max(((pred - target) / 2) ** 2, 1e-10)
+    return 10 * math.log10(1 / mse)
+
+
+PREDICTORS = {  # v: the video's values, t: the predicted frame
+    "G": lambda v, t: 0.5 * v[t - 1],
+    "copy_last": lambda v, t: v[t - 1],
+    "mean_T": lambda v, t: sum(v[t - T:t]) / T,
+    "linear": lambda v, t: min(1.0, max(-1.0, 2 * v[t - 1] - v[t - 2])),
+}
+
+
+def _hand_auc(predictor) -> tuple[float, dict[str, list[float]]]:
+    """Per-video min-max normalised PSNR scores pooled; AUC by counting pairs (ties count half)."""
+    pos, neg, psnrs = [], [], {}
+    for vid, (v, labels) in VIDEOS.items():
+        p = [_psnr(predictor(v, t), v[t]) for t in range(T, len(v))]
+        psnrs[vid] = p
+        lo, hi = min(p), max(p)
+        for t, value in zip(range(T, len(v)), p):
+            score = 1 - (value - lo) / (hi - lo)
+            (pos if labels[t] else neg).append(score)
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg)), psnrs
+
+
+@pytest.fixture
+def result(monkeypatch):
+    import zxvad.data
+
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    return evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+                                    device=torch.device("cpu"), batch_size=3, top_frames=2,
+                                    progress=False)
+
+
+def test_baselines_match_hand_computation(result):
+    hand = {name: _hand_auc(p) for name, p in PREDICTORS.items()}
+    assert result.auc == pytest.approx(hand["G"][0], abs=1e-6)
+    assert set(result.baseline_aucs) == {"copy_last", "mean_T", "linear"}
+    for name, value in result.baseline_aucs.items():
+        assert value == pytest.approx(hand[name][0], abs=1e-6), name
+    # hand values: G .75, copy_last .953, mean_T .938, linear .813; all differ, so a mix-up of predictors could not pass unnoticed
+    assert len({round(a, 6) for a, _ in hand.values()}) == 4
+    best = max(hand[b][0] for b in ("copy_last", "mean_T", "linear"))
+    assert result.gain == pytest.approx(hand["G"][0] - best, abs=1e-6)
+    for video in result.videos:
+        vid = video["video_id"]
+        assert video["frame_index"] == list(range(T, len(VIDEOS[vid][0])))
+        assert video["psnr"] == pytest.approx(hand["G"][1][vid], abs=1e-4)
+        for name in ("copy_last", "mean_T", "linear"):
+            assert video["baseline_psnr"][name] == pytest.approx(hand[name][1][vid], abs=1e-4)
+
+
+def test_report_table_and_metric_names(result, tmp_path):
+    results = {"tiny": result}
+    files = evaluate.write_report(results, tmp_path, frames=T, plots=True)
+    report = json.loads((tmp_path / "results.json").read_text())
+    target = report["targets"]["tiny"]
+    assert target["baseline_auc"] == pytest.approx(result.baseline_aucs)
+    assert target["gain"] == pytest.approx(result.gain)
+    assert target["videos"][0]["baseline_psnr"]["copy_last"] == result.videos[0]["baseline_psnr"]["copy_last"]
+    assert (tmp_path / "tiny-curves.png") in files
+
+    flat = report["metrics"]
+    assert flat == pytest.approx({
+        "auc/tiny": result.auc, "auc/mean": result.auc, "auc_gain/tiny": result.gain,
+        "auc_gain/mean": result.gain,
+        **{f"auc_baseline/{b}/tiny": v for b, v in result.baseline_aucs.items()}})
+    assert metrics.per_target(flat) == {"tiny": pytest.approx(
+        {"G": result.auc, "gain": result.gain, **result.baseline_aucs})}
+
+    lines = evaluate.auc_table(results).splitlines()
+    assert lines[0].split() == ["target", "G", "%", "copy_last", "mean_T", "linear", "gain",
+                                "frames", "videos"]
+    row = lines[1].split()
+    assert row[0] == "tiny" and float(row[1]) == pytest.approx(100 * result.auc, abs=0.005)
+    assert float(row[2]) == pytest.approx(100 * result.baseline_aucs["copy_last"], abs=0.005)
+    assert float(row[5]) == pytest.approx(100 * result.gain, abs=0.005)
+    assert row[6:] == ["12", "2"]
+
+
+def test_gain_and_mean_over_targets():
+    a = SimpleNamespace(auc=0.9, baseline_aucs={"copy_last": 0.95, "mean_T": 0.7, "linear": 0.8})
+    b = SimpleNamespace(auc=0.8, baseline_aucs={"copy_last": 0.6, "mean_T": 0.5, "linear": 0.7})
+    flat = metrics.flat({"x": a, "y": b})
+    assert flat["auc_gain/x"] == pytest.approx(-0.05) and flat["auc_gain/y"] == pytest.approx(0.1)
+    assert flat["auc_gain/mean"] == pytest.approx(0.025) and flat["auc/mean"] == pytest.approx(0.85)
+    mean_row = metrics.table(flat).splitlines()[3].split()
+    assert mean_row == ["mean", "85.00", "77.50", "60.00", "75.00", "+2.50"]
+    assert math.isnan(metrics.gain(0.9, {}))
+
+
+def test_mlflow_holds_baselines_and_gains(result, tmp_path):
+    import mlflow
+
+    from zxvad.tracking import log_evaluation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("t"))
+    log_evaluation(run.info.run_id, {"tiny": result}, {"params": 3.0}, [], step=5, uri=uri)
+    logged = client.get_run(run.info.run_id).data.metrics
+    assert logged["auc_gain/tiny"] == pytest.approx(result.gain)
+    assert logged["auc_gain/mean"] == pytest.approx(result.gain)
+    for name, value in result.baseline_aucs.items():
+        assert logged[f"auc_baseline/{name}/tiny"] == pytest.approx(value)
+    assert logged["efficiency/params"] == 3.0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "auc_gain/tiny")] == [5]
