@@ -199,36 +199,29 @@ def sizes(dry_run: bool) -> dict:
             "max_batch_cap": 4, "infer_batches": (1, 4), "infer_iters": 2}
 
 
-def run_checks(args) -> Path:
-    """Install, then every section; returns the JSON path."""
-    t0 = time.perf_counter()
-    wheels = install_wheels(Path(args.wheels), Path(args.site))
-    import torch
+class Checks:
+    """The sections of the check, each a method returning its JSON-ready figures."""
 
-    from zxvad import config
-    from zxvad.bench import step as bench
+    def __init__(self, plan: dict, device):
+        import torch
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {args.device}: no CUDA device here (use --device cpu --dry-run)")
-    plan = sizes(args.dry_run)
-    gpu = device.type == "cuda"
-    header = {"device": torch.cuda.get_device_name(device) if gpu else "cpu",
-              "torch": torch.__version__, "python": sys.version.split()[0],
-              "dry_run": args.dry_run, "wheels": wheels, "budget_s": args.budget,
-              "bf16_tolerance": BF16_TOLERANCE}
-    report = Report(Path(args.out), header)
-    scale = 10 if args.dry_run else 1  # the dry run tests the path on a shared CPU, not the speed
-    deadline = t0 + args.budget * scale
+        from zxvad.bench import step as bench
 
-    def cfg(*extra):
-        return config.load(plan["config"], [*plan["overrides"], *extra])
+        self.plan, self.device, self.bench = plan, device, bench
+        self.gpu = device.type == "cuda"
+        self.sync = torch.cuda.synchronize if self.gpu else (lambda: None)
 
-    def bench_step(batch, *extra) -> dict:
-        c = cfg(f"train.batch_size={batch}", *extra)
-        result = bench.measure(c, device, batch, plan["steps"], plan["warmup"], plan["repeats"])
+    def cfg(self, *extra):
+        from zxvad import config
+
+        return config.load(self.plan["config"], [*self.plan["overrides"], *extra])
+
+    def bench_step(self, batch, *extra) -> dict:
+        c = self.cfg(f"train.batch_size={batch}", *extra)
+        result = self.bench.measure(c, self.device, batch, self.plan["steps"], self.plan["warmup"],
+                                    self.plan["repeats"])
         achieved = result["flops_per_step"] / result["step_s"] / 1e12
-        peak = bench.peak_tflops(device)
+        peak = self.bench.peak_tflops(self.device)
         return {"batch": batch, "size": c.model.image_size, "compile": c.train.compile,
                 "step_s": round(result["step_s"], 4),
                 "samples_per_s": round(batch / result["step_s"], 2),
@@ -239,42 +232,46 @@ def run_checks(args) -> Path:
                 "achieved_tflops": round(achieved, 3), "peak_bf16_tflops": peak,
                 "share_of_peak": round(achieved / peak, 4) if peak else None}
 
-    def fits(batch) -> bool:
+    def fits(self, batch) -> bool:
+        import torch
+
         from zxvad.step import build_state, train_step
 
         state = clips = donors = None
         try:
-            state = build_state(cfg(f"train.batch_size={batch}"), device)
-            clips, donors = bench.synthetic_batch(batch, state.cfg.model.frames,
-                                                  state.cfg.model.image_size, device, 0)
+            state = build_state(self.cfg(f"train.batch_size={batch}"), self.device)
+            clips, donors = self.bench.synthetic_batch(batch, state.cfg.model.frames,
+                                                  state.cfg.model.image_size, self.device, 0)
             dict(train_step(state, clips, donors))
             return True
         except torch.OutOfMemoryError:
             return False
         finally:
             state = clips = donors = None
-            if gpu:
+            if self.gpu:
                 torch.cuda.empty_cache()
 
-    def max_batch() -> dict:
-        batch = plan["batch"]
-        while batch * 2 <= plan["max_batch_cap"] and fits(batch * 2):
+    def max_batch(self) -> dict:
+        batch = self.plan["batch"]
+        while batch * 2 <= self.plan["max_batch_cap"] and self.fits(batch * 2):
             batch *= 2
-        return bench_step(batch)
+        return self.bench_step(batch)
 
-    def agreement() -> dict:
+    def agreement(self) -> dict:
+        import torch
+
         from zxvad.step import build_state, train_step
 
         runs = {}
         for amp in (True, False):
             torch.manual_seed(0)
-            state = build_state(cfg(f"train.amp={str(amp).lower()}",
-                                    f"train.batch_size={plan['batch']}"), device)
-            generator = torch.Generator(device=device).manual_seed(0)
+            state = build_state(self.cfg(f"train.amp={str(amp).lower()}",
+                                    f"train.batch_size={self.plan['batch']}"), self.device)
+            generator = torch.Generator(device=self.device).manual_seed(0)
             terms = {k: [] for k in LOSS_TERMS}
-            for step in range(plan["agreement_steps"]):
-                clips, donors = bench.synthetic_batch(plan["batch"], state.cfg.model.frames,
-                                                      state.cfg.model.image_size, device, step)
+            for step in range(self.plan["agreement_steps"]):
+                clips, donors = self.bench.synthetic_batch(self.plan["batch"], state.cfg.model.frames,
+                                                      state.cfg.model.image_size, self.device, step)
                 torch.manual_seed(1000 + step)  # g's draws are the same in both runs
                 out = train_step(state, clips, donors, generator=generator)
                 for k in LOSS_TERMS:
@@ -283,27 +280,29 @@ def run_checks(args) -> Path:
         diff = {k: abs(runs["bf16"][k] - runs["fp32"][k]) for k in LOSS_TERMS}
         ok = all(diff[k] <= BF16_TOLERANCE["abs"] + BF16_TOLERANCE["rel"] * abs(runs["fp32"][k])
                  for k in LOSS_TERMS)
-        return {"steps": plan["agreement_steps"], "mean_bf16": runs["bf16"],
+        return {"steps": self.plan["agreement_steps"], "mean_bf16": runs["bf16"],
                 "mean_fp32": runs["fp32"], "abs_diff": diff, "within_tolerance": ok}
 
-    def synthesis_o() -> dict:
+    def synthesis_o(self) -> dict:
+        import torch
+
         from zxvad.models import build_backbone
         from zxvad.synthesis import synthesize
 
-        c = cfg()
+        c = self.cfg()
         out = {}
-        for batch in (plan["batch"], 4 * plan["batch"]):
-            clips, donors = bench.synthetic_batch(batch, c.model.frames, c.model.image_size,
-                                                  device, 1)
+        for batch in (self.plan["batch"], 4 * self.plan["batch"]):
+            clips, donors = self.bench.synthetic_batch(batch, c.model.frames, c.model.image_size,
+                                                  self.device, 1)
             R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size)
-            R_dev = R.to(device)
-            synthesize(clips, donors, R_dev, generator=torch.Generator(device=device).manual_seed(0))
-            sync()
+            R_dev = R.to(self.device)
+            synthesize(clips, donors, R_dev, generator=torch.Generator(device=self.device).manual_seed(0))
+            self.sync()
             start = time.perf_counter()
             for _ in range(3):
                 syn = synthesize(clips, donors, R_dev,
-                                 generator=torch.Generator(device=device).manual_seed(0))
-            sync()
+                                 generator=torch.Generator(device=self.device).manual_seed(0))
+            self.sync()
             out[f"batch_{batch}_ms"] = round((time.perf_counter() - start) / 3 * 1000, 2)
         cpu_R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size)
         from zxvad.synthesis import object_masks
@@ -312,46 +311,66 @@ def run_checks(args) -> Path:
         masks_cpu = object_masks(cpu_R, donors.cpu())
         out["mask_agreement_with_cpu"] = round(float((masks_dev == masks_cpu).float().mean()), 4)
         out["mask_area"] = round(syn.mask_area, 4)
-        out["on_device"] = syn.frames.device.type == device.type
+        out["on_device"] = syn.frames.device.type == self.device.type
         return out
 
-    def inference() -> dict:
+    def inference(self) -> dict:
+        import torch
+
         from zxvad.models import build_generator
 
-        c = cfg()
-        G = build_generator(c.model).to(device).eval()
-        energy = Energy(device.index or 0) if gpu else None
+        c = self.cfg()
+        G = build_generator(c.model).to(self.device).eval()
+        energy = Energy(self.device.index or 0) if self.gpu else None
         out = {"energy_source": energy.source if energy else None}
         for amp in (True, False):
-            for batch in plan["infer_batches"]:
+            for batch in self.plan["infer_batches"]:
                 x = torch.rand(batch, c.model.frames, 3, c.model.image_size, c.model.image_size,
-                               device=device) * 2 - 1
-                ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and gpu)
+                               device=self.device) * 2 - 1
+                ctx = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp and self.gpu)
                 with torch.no_grad(), ctx:
                     for _ in range(3):
                         G(x)
-                    sync()
+                    self.sync()
                     if energy and energy.source:
                         energy.start()
                     start = time.perf_counter()
-                    for _ in range(plan["infer_iters"]):
+                    for _ in range(self.plan["infer_iters"]):
                         G(x)
-                    sync()
+                    self.sync()
                     seconds = time.perf_counter() - start
                     joules = energy.stop() if energy and energy.source else None
-                frames = batch * plan["infer_iters"]
+                frames = batch * self.plan["infer_iters"]
                 key = f"{'bf16' if amp else 'fp32'}_batch_{batch}"
                 out[f"{key}_fps"] = round(frames / seconds, 1)
                 out[f"{key}_joules_per_frame"] = round(joules / frames, 5) if joules else None
         return out
 
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
-    sections = [("step_b8", lambda: bench_step(plan["batch"])),
-                ("step_max_batch", max_batch),
-                ("step_b8_compile", lambda: bench_step(plan["batch"], "train.compile=true")),
-                ("bf16_vs_fp32", agreement),
-                ("synthesis_o", synthesis_o),
-                ("inference", inference)]
+
+def run_checks(args) -> Path:
+    """Install, then every section; returns the JSON path."""
+    t0 = time.perf_counter()
+    wheels = install_wheels(Path(args.wheels), Path(args.site))
+    import torch
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device}: no CUDA device here (use --device cpu --dry-run)")
+    plan = sizes(args.dry_run)
+    checks = Checks(plan, device)
+    header = {"device": torch.cuda.get_device_name(device) if checks.gpu else "cpu",
+              "torch": torch.__version__, "python": sys.version.split()[0],
+              "dry_run": args.dry_run, "wheels": wheels, "budget_s": args.budget,
+              "bf16_tolerance": BF16_TOLERANCE}
+    report = Report(Path(args.out), header)
+    scale = 10 if args.dry_run else 1  # the dry run tests the path on a shared CPU, not the speed
+    deadline = t0 + args.budget * scale
+    sections = [("step_b8", lambda: checks.bench_step(plan["batch"])),
+                ("step_max_batch", checks.max_batch),
+                ("step_b8_compile", lambda: checks.bench_step(plan["batch"], "train.compile=true")),
+                ("bf16_vs_fp32", checks.agreement),
+                ("synthesis_o", checks.synthesis_o),
+                ("inference", checks.inference)]
     for name, fn in sections:
         if args.only and name not in args.only:
             continue
