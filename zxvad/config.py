@@ -116,6 +116,7 @@ class EvalConfig:
     batch_size: int = 16
     plots: bool = True
     top_frames: int = 4  # difference maps for this many highest-scoring frames
+    patch_size: int = 0  # > 0: also score by the worst patch_size^2 tile (beyond the paper)
 
 
 @dataclass
@@ -231,6 +232,8 @@ def _validate(cfg: Config) -> Config:
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
         ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
+        ("eval.patch_size", 0 <= e.patch_size <= m.image_size,
+         "must be 0 (off) or a tile side of at most model.image_size"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]
