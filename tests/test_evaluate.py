@@ -147,3 +147,32 @@ def test_mlflow_holds_baselines_and_gains(result, tmp_path):
         assert logged[f"auc_baseline/{name}/tiny"] == pytest.approx(value)
     assert logged["efficiency/params"] == 3.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "auc_gain/tiny")] == [5]
+
+
+def test_worst_tile_score_in_the_same_pass_beside_the_papers(monkeypatch, tmp_path):
+    import zxvad.data
+
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    r = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+                                 device=torch.device("cpu"), batch_size=3, progress=False,
+                                 patch_size=1)
+    hand = {name: _hand_auc(p)[0] for name, p in PREDICTORS.items()}
+    # the test frames are uniform, so every 1x1 tile is the whole frame: same AUCs as the paper's
+    assert r.patch_auc == pytest.approx(hand["G"], abs=1e-6)
+    assert r.patch_baseline_aucs == pytest.approx({b: hand[b] for b in ("copy_last", "mean_T", "linear")})
+    flat = metrics.flat({"tiny": r})
+    best = max(hand[b] for b in ("copy_last", "mean_T", "linear"))
+    assert flat["auc_patch/tiny"] == pytest.approx(hand["G"], abs=1e-6)
+    assert flat["auc_patch_gain/tiny"] == pytest.approx(hand["G"] - best, abs=1e-6)
+    assert flat["auc_patch_gain/mean"] == flat["auc_patch_gain/tiny"]
+    assert flat["auc_patch_baseline/linear/tiny"] == pytest.approx(hand["linear"], abs=1e-6)
+    header = evaluate.auc_table({"tiny": r}).splitlines()[0].split()
+    assert header[:12] == ["target", "G", "%", "copy_last", "mean_T", "linear", "gain", "G",
+                           "patch", "%", "gain", "patch"]
+    evaluate.write_report({"tiny": r}, tmp_path, frames=T, plots=False)
+    report = json.loads((tmp_path / "results.json").read_text())["targets"]["tiny"]
+    assert report["patch_auc"] == pytest.approx(r.patch_auc)
+    assert report["videos"][0]["patch_psnr"]["G"] == pytest.approx(report["videos"][0]["psnr"])
+    off = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+                                   device=torch.device("cpu"), batch_size=3, progress=False)
+    assert off.patch_auc is None and "auc_patch/tiny" not in metrics.flat({"tiny": off})

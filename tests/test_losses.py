@@ -172,3 +172,51 @@ def test_normalised_raa_is_raa_over_s_and_on_the_scale_of_the_other_terms():
         worst = max(worst, normalised(at, at, a).item())
     assert worst <= 2 + math.log(2) / 64
     assert raw(a, ag, at).item() > 5  # the literal form: s times a cosine gap
+
+
+def _fit_normal_attention(scale: str, steps: int = 300) -> float:
+    """Minimise L_AA's normal term 1/2 (1 - A(v^))^2 over free features; its final value."""
+    from zxvad.synthesis import scda_attention
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 8, 4, 4, requires_grad=True)
+    opt = torch.optim.Adam([features], lr=0.05)
+    for _ in range(steps):
+        att = scda_attention(features, scale)
+        loss = losses.attention_affirmation_loss(att, att.detach(), torch.zeros(2, 1, 16, 16))
+        normal = 0.5 * (1 - att).pow(2).mean()
+        opt.zero_grad()
+        normal.backward()
+        opt.step()
+    return float(0.5 * (1 - scda_attention(features, scale)).pow(2).mean())
+
+
+def test_l_aa_normal_target_is_reachable_with_max_scaled_attention_only():
+    # min-max scaling pins one cell of every map at 0: the normal term never drops below
+    # 1/2 * 1/(h w) = 1/32 on a 4x4 map; A / max(A) reaches A(v^) = 1 everywhere.
+    assert _fit_normal_attention("minmax") >= 0.5 / 16 - 1e-6
+    assert _fit_normal_attention("max") < 1e-3
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_presets_scale_n_attention_by_its_max(preset):
+    from zxvad import config
+    from zxvad.synthesis import scda_attention
+
+    cfg = config.load(preset, [])
+    uniform = torch.full((1, 8, 3, 3), 0.25)
+    torch.testing.assert_close(scda_attention(uniform, cfg.loss.attention_scale), torch.ones(1, 3, 3))
+
+
+def test_max_scaled_attention_divides_by_the_largest_magnitude():
+    from zxvad.synthesis import scda_attention
+
+    features = torch.randn(3, 16, 5, 7)  # LeakyReLU features can sum below 0
+    att = scda_attention(features, "max")
+    summed = features.sum(1)
+    torch.testing.assert_close(att, summed / summed.flatten(1).abs().max(1).values[:, None, None])
+    assert float(att.abs().max()) <= 1 + 1e-6
+    positive = features.abs() + 0.1
+    torch.testing.assert_close(scda_attention(positive, "max").flatten(1).max(1).values, torch.ones(3))
+    with pytest.raises(ValueError, match="scale 'sum'"):
+        scda_attention(features, "sum")

@@ -78,3 +78,22 @@ def test_baseline_predictions_by_hand():
     assert torch.equal(single["linear"], single["copy_last"])
     with pytest.raises(ValueError, match="expected"):
         baseline_predictions(values[0])
+
+
+def test_patch_psnr_is_the_worst_tile_by_hand():
+    from zxvad.scoring import patch_psnr, psnr
+
+    target = torch.zeros(2, 3, 8, 8)
+    pred = target.clone()
+    pred[0, :, 4:8, 0:4] = 0.2  # frame 0: one 4x4 tile off by 0.1 on [0, 1]
+    pred[1] = 0.1  # frame 1: every pixel off by 0.05, the same whole-frame MSE as frame 0's
+    tile = patch_psnr(pred, target, 4)
+    assert tile[0].item() == pytest.approx(10 * np.log10(1 / 0.1**2), abs=1e-4)  # 20 dB
+    assert tile[1].item() == pytest.approx(10 * np.log10(1 / 0.05**2), abs=1e-4)
+    whole = psnr(pred, target)
+    # the whole frame cannot tell them apart (same MSE); the worst tile can, by 10 log10(4) dB
+    assert whole[0].item() == pytest.approx(whole[1].item(), abs=1e-4)
+    assert (tile[1] - tile[0]).item() == pytest.approx(10 * np.log10(4), abs=1e-4)
+    torch.testing.assert_close(patch_psnr(pred, target, 8), whole)
+    with pytest.raises(ValueError, match="patch 9 must lie in"):
+        patch_psnr(pred, target, 9)

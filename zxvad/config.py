@@ -20,6 +20,7 @@ PRESET_DIR = Path(__file__).parent / "configs"
 BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
 SHRINKS = ("continuous", "hard")
 CRITIC_NORMS = ("batch", "instance", "none")
+ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,7 @@ class LossConfig:
     arcface_margin: float = 28.6  # degrees
     arcface_scale: float = 64.0
     raa_normalise: bool = False  # divide L_RAA by the ArcFace scale s (its gradient is ~s otherwise)
+    attention_scale: str = "minmax"  # N's A(.): minmax (one cell always 0) or max (A(v^) = 1 reachable)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class EvalConfig:
     batch_size: int = 16
     plots: bool = True
     top_frames: int = 4  # difference maps for this many highest-scoring frames
+    patch_size: int = 0  # > 0: also score by the worst patch_size^2 tile (beyond the paper)
 
 
 @dataclass
@@ -217,6 +220,8 @@ def _validate(cfg: Config) -> Config:
         ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,
          "must be 0 (donor size) or at least 32"),
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
+        ("loss.attention_scale", cfg.loss.attention_scale in ATTENTION_SCALES,
+         f"must be one of {', '.join(ATTENTION_SCALES)}"),
         ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
@@ -227,10 +232,14 @@ def _validate(cfg: Config) -> Config:
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
         ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
+        ("eval.patch_size", 0 <= e.patch_size <= m.image_size,
+         "must be 0 (off) or a tile side of at most model.image_size"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]
     for name, value in cfg.loss.__dict__.items():
+        if isinstance(value, str):
+            continue  # loss.attention_scale, checked above
         checks.append((f"loss.{name}", value >= 0, "must be 0 or more"))
     for key, ok, why in checks:
         if not ok:

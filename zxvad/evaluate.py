@@ -40,6 +40,8 @@ class _VideoAccumulator:
     psnr: dict[int, float] = field(default_factory=dict)
     baseline_psnr: dict[str, dict[int, float]] = field(
         default_factory=lambda: {name: {} for name in scoring.BASELINES})
+    patch_psnr: dict[str, dict[int, float]] = field(  # worst-tile PSNR of G and each baseline
+        default_factory=lambda: {name: {} for name in ("G", *scoring.BASELINES)})
     worst: list = field(default_factory=list)  # heap of (-psnr, frame, images): k lowest PSNRs
 
     def keep_worst(self, value: float, frame_index: int, images, k: int) -> None:
@@ -62,6 +64,8 @@ class TargetResult:
     seconds: float
     top: list[dict]  # the highest-scoring frames with their images for difference maps
     baseline_aucs: dict[str, float] = field(default_factory=dict)  # trivial predictors, same frames
+    patch_auc: float | None = None  # the worst-tile score (eval.patch_size > 0), beside auc
+    patch_baseline_aucs: dict[str, float] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -75,10 +79,11 @@ class TargetResult:
 @torch.no_grad()
 def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames: int, size: int,
                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
-                    progress: bool = True) -> TargetResult:
+                    progress: bool = True, patch_size: int = 0) -> TargetResult:
     """Score every scorable frame of one target set with G and with the trivial baselines.
 
     The baselines predict from the very windows G sees, in the same pass (no second decode).
+    ``patch_size`` > 0 also scores every predictor by its worst tile (:func:`scoring.patch_psnr`).
     """
     from tqdm import tqdm
 
@@ -97,7 +102,8 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
                 acc = videos[clip.video_id] = _VideoAccumulator(
                     clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
             count, seconds = _score_clip(G, clip, acc, frames=frames, device=device,
-                                         batch_size=batch_size, top_frames=top_frames)
+                                         batch_size=batch_size, top_frames=top_frames,
+                                         patch_size=patch_size)
             scored, compute = scored + count, compute + seconds
             bar.update(count)
     finally:
@@ -109,11 +115,32 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
     auc = scoring.frame_auc(results.pop("G"), frames)
     baseline_aucs = {b: scoring.frame_auc(r, frames) for b, r in results.items()}
     top = _top_frames(videos, per_video, top_frames)
-    return TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
+    result = TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
+    if patch_size:
+        patch = _patch_results(videos, per_video, frames)
+        result.patch_auc = scoring.frame_auc(patch.pop("G"), frames)
+        result.patch_baseline_aucs = {b: scoring.frame_auc(r, frames) for b, r in patch.items()}
+    return result
+
+
+def _patch_results(videos: dict[str, _VideoAccumulator], per_video: list[dict], frames: int
+                   ) -> dict[str, list[scoring.VideoResult]]:
+    """The worst-tile PSNRs as :class:`scoring.VideoResult` s; also written into ``per_video``."""
+    results: dict[str, list[scoring.VideoResult]] = {p: [] for p in ("G", *scoring.BASELINES)}
+    for entry in per_video:
+        acc = videos[entry["video_id"]]
+        labels = acc.labels.astype(np.uint8)
+        entry["patch_psnr"] = {}
+        for p, values in acc.patch_psnr.items():
+            entry["patch_psnr"][p] = [values[i] for i in entry["frame_index"]]
+            results[p].append(scoring.VideoResult(entry["video_id"],
+                                                  np.array(entry["patch_psnr"][p]), labels))
+    return results
 
 
 def _score_clip(G: torch.nn.Module, clip, acc: _VideoAccumulator, *, frames: int,
-                device: torch.device, batch_size: int, top_frames: int) -> tuple[int, float]:
+                device: torch.device, batch_size: int, top_frames: int,
+                patch_size: int = 0) -> tuple[int, float]:
     """PSNR of G and of each baseline for every window of one clip; returns (windows, G seconds)."""
     from zxvad.data import prediction_windows
 
@@ -130,8 +157,13 @@ def _score_clip(G: torch.nn.Module, clip, acc: _VideoAccumulator, *, frames: int
             torch.cuda.synchronize(device)
         compute += time.perf_counter() - began
         values = scoring.psnr(prediction, target).cpu().tolist()
-        baselines = {b: scoring.psnr(p, target).cpu().tolist()
-                     for b, p in scoring.baseline_predictions(inputs).items()}
+        predictions = scoring.baseline_predictions(inputs)
+        baselines = {b: scoring.psnr(p, target).cpu().tolist() for b, p in predictions.items()}
+        if patch_size:
+            for p, pred in {"G": prediction, **predictions}.items():
+                tiles = scoring.patch_psnr(pred, target, patch_size).cpu().tolist()
+                for j, value in enumerate(tiles):
+                    acc.patch_psnr[p][int(index[start + j])] = value
         for j, value in enumerate(values):
             frame_index = int(index[start + j])
             acc.psnr[frame_index] = value
@@ -192,10 +224,11 @@ def _top_frames(videos: dict[str, _VideoAccumulator], per_video: list[dict], k: 
 
 def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, frames: int, size: int,
                      device: torch.device, batch_size: int = 16, top_frames: int = 4,
-                     progress: bool = True) -> dict[str, TargetResult]:
+                     progress: bool = True, patch_size: int = 0) -> dict[str, TargetResult]:
     """:func:`evaluate_target` for each named target, in order."""
     return {name: evaluate_target(G, name, shards, frames=frames, size=size, device=device,
-                                  batch_size=batch_size, top_frames=top_frames, progress=progress)
+                                  batch_size=batch_size, top_frames=top_frames, progress=progress,
+                                  patch_size=patch_size)
             for name, shards in targets.items()}
 
 
@@ -269,6 +302,8 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frame
     report = {"frames_T": frames, "mean_auc": metrics.mean_auc(results),
               "metrics": metrics.flat(results), "efficiency": figures or {},
               "targets": {name: {"auc": r.auc, "baseline_auc": r.baseline_aucs, "gain": r.gain,
+                                 "patch_auc": r.patch_auc,
+                                 "patch_baseline_auc": r.patch_baseline_aucs,
                                  "scored_frames": r.frames, "videos": r.videos}
                           for name, r in results.items()}}
     files = [out / "results.json"]
@@ -342,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         with EnergyMeter(device) as meter:
             results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
                                        device=device, batch_size=args.batch_size or cfg.eval.batch_size,
-                                       top_frames=cfg.eval.top_frames)
+                                       top_frames=cfg.eval.top_frames,
+                                       patch_size=cfg.eval.patch_size)
         figures = efficiency(G, cfg, results, meter.joules)
         files = write_report(results, args.out, frames=cfg.model.frames, figures=figures,
                              plots=not args.no_plots)

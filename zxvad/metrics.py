@@ -6,7 +6,11 @@ Evaluation, training, tracking, Tune and ``tune.compare`` all use these names:
 
 - ``auc/<target>``, ``auc/mean``: G's frame-level AUC and its mean over targets;
 - ``auc_baseline/<name>/<target>``: each baseline's AUC on the same frames;
-- ``auc_gain/<target>``, ``auc_gain/mean``: G minus the best baseline, and its mean over targets.
+- ``auc_gain/<target>``, ``auc_gain/mean``: G minus the best baseline, and its mean over targets;
+- with ``eval.patch_size`` > 0, the worst-tile score (beyond the paper, :func:`zxvad.scoring.patch_psnr`)
+  beside them: ``auc_patch/<target>`` and ``/mean`` (G), ``auc_patch_baseline/<name>/<target>``,
+  and ``auc_patch_gain/<target>`` and ``/mean``: G's worst-tile AUC minus the best baseline under
+  either score (the paper's or the worst tile's), so a win is a win over every trivial predictor.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Mapping, Protocol
 from zxvad.scoring import BASELINES
 
 AUC, BASELINE, GAIN, MEAN = "auc", "auc_baseline", "auc_gain", "mean"
+PATCH, PATCH_BASELINE, PATCH_GAIN = "auc_patch", "auc_patch_baseline", "auc_patch_gain"
 
 
 class Scored(Protocol):
@@ -48,10 +53,20 @@ def flat(results: Mapping[str, Scored]) -> dict[str, float]:
             out[f"{BASELINE}/{name}/{target}"] = float(value)
         if r.baseline_aucs:
             out[f"{GAIN}/{target}"] = gain(r.auc, r.baseline_aucs)
+        patch = getattr(r, "patch_auc", None)
+        if patch is not None:
+            out[f"{PATCH}/{target}"] = float(patch)
+            for name, value in r.patch_baseline_aucs.items():
+                out[f"{PATCH_BASELINE}/{name}/{target}"] = float(value)
+            either = {**{f"{n}/patch": v for n, v in r.patch_baseline_aucs.items()},
+                      **r.baseline_aucs}
+            if either:
+                out[f"{PATCH_GAIN}/{target}"] = gain(patch, either)
     out[f"{AUC}/{MEAN}"] = mean_auc(results)
-    gains = [out[f"{GAIN}/{t}"] for t in results if f"{GAIN}/{t}" in out]
-    if gains:
-        out[f"{GAIN}/{MEAN}"] = _mean(gains)
+    for key in (GAIN, PATCH, PATCH_GAIN):
+        values = [out[f"{key}/{t}"] for t in results if f"{key}/{t}" in out]
+        if values:
+            out[f"{key}/{MEAN}"] = _mean(values)
     return out
 
 
@@ -66,12 +81,18 @@ def per_target(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
             rows.setdefault(parts[2], {})[parts[1]] = float(value)
         elif parts[0] == GAIN and len(parts) == 2 and parts[1] != MEAN:
             rows.setdefault(parts[1], {})["gain"] = float(value)
+        elif parts[0] == PATCH and len(parts) == 2 and parts[1] != MEAN:
+            rows.setdefault(parts[1], {})["G patch"] = float(value)
+        elif parts[0] == PATCH_GAIN and len(parts) == 2 and parts[1] != MEAN:
+            rows.setdefault(parts[1], {})["gain patch"] = float(value)
     return rows
 
 
 def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] | None = None,
           mean_row: bool = True) -> str:
     """Plain text: one row per target (G's AUC %, each baseline's, gain in points), then the mean.
+
+    With the worst-tile score present, two more columns: ``G patch %`` and ``gain patch``.
 
     Args:
         metrics: names as written by :func:`flat` (other keys are ignored).
@@ -82,7 +103,10 @@ def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] |
     baselines = [b for b in BASELINES if any(b in r for r in rows.values())]
     extra_cols = list(next(iter(extra.values())).keys()) if extra else []
     head = ["G", *baselines, *(["gain"] if baselines else [])]
-    lines = [f"{'target':<20}" + "".join(f"{c + (' %' if c == 'G' else ''):>11}" for c in head)
+    if any("G patch" in r for r in rows.values()):
+        head += ["G patch", *(["gain patch"] if baselines else [])]
+    title = {"G": "G %", "G patch": "G patch %"}
+    lines = [f"{'target':<20}" + "".join(f"{title.get(c, c):>11}" for c in head)
              + "".join(f"{c:>8}" for c in extra_cols)]
 
     def cell(value: float | None, signed: bool = False) -> str:
@@ -90,15 +114,19 @@ def table(metrics: Mapping[str, float], extra: Mapping[str, Mapping[str, str]] |
             return f"{'-':>11}"
         return f"{100 * value:+11.2f}" if signed else f"{100 * value:11.2f}"
 
+
     for name, row in rows.items():
-        line = f"{name:<20}" + "".join(cell(row.get(c), c == "gain") for c in head)
+        line = f"{name:<20}" + "".join(cell(row.get(c), c.startswith("gain")) for c in head)
         line += "".join(f"{extra[name].get(c, ''):>8}" for c in extra_cols) if extra else ""
         lines.append(line)
     if mean_row:
         means = {c: _mean([r[c] for r in rows.values() if c in r]) for c in head}
         means["G"] = metrics.get(f"{AUC}/{MEAN}", means["G"])
-        lines.append(f"{'mean':<20}" + "".join(cell(means[c], c == "gain") for c in head))
+        lines.append(f"{'mean':<20}" + "".join(cell(means[c], c.startswith("gain")) for c in head))
     if baselines:
         lines.append("gain: G's AUC minus the best baseline's, in points (baselines: trivial "
                      "predictors scored on the same frames)")
+    if "G patch" in head:
+        lines.append("G patch: G scored by its worst tile (eval.patch_size, beyond the paper); gain "
+                     "patch: minus the best baseline under either score")
     return "\n".join(lines)

@@ -258,7 +258,8 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
             n_logits, features = state.N(torch.cat([fake, augmented, syn.frames.float()]),
                                          return_features=True)
         n_normal, _, n_pseudo = n_logits.float().split(batch)
-        att_normal, att_augmented, att_pseudo = scda_attention(features.float()).split(batch)
+        att_normal, att_augmented, att_pseudo = scda_attention(
+            features.float(), cfg.loss.attention_scale).split(batch)
         terms_n = losses.normalcy_objective(n_normal, n_pseudo, att_normal, att_augmented,
                                             att_pseudo, syn.mask, state.arcface, cfg.loss)
         _update(state, state.opt_n, terms_n["l_n_total"], "n")

@@ -42,12 +42,25 @@ class Synthesis(NamedTuple):
     mask_area: float  # mean fraction of the donor frame covered by M
 
 
-def scda_attention(features: Tensor) -> Tensor:
-    """SCDA attention: (B, d, h, w) features -> (B, h, w) channel sum, min-max scaled to [0, 1].
+ATTENTION_SCALES = ("minmax", "max")  # how N's A(.) is scaled: see scda_attention
+
+
+def scda_attention(features: Tensor, scale: str = "minmax") -> Tensor:
+    """SCDA attention: (B, d, h, w) features -> (B, h, w) channel sum, scaled to [0, 1].
 
     Differentiable, so it also serves as N's attention A(.) in the losses L_AA and L_RAA.
+    ``scale="minmax"`` maps each map's minimum to 0 and maximum to 1 (O's masks use it; as N's A
+    it makes L_AA's normal target A(v^) = 1 unreachable, one cell is always 0); ``"max"`` is
+    sum / max|sum|, DESIGN.md's "normalised by its spatial max" (N's LeakyReLU features can sum
+    below 0: dividing by the largest magnitude keeps A <= 1 and a gradient in every cell, where a
+    relu would leave negative cells dead), which reaches 1 everywhere on a uniform map.
     """
+    if scale not in ATTENTION_SCALES:
+        raise ValueError(f"scale '{scale}': expected one of {', '.join(ATTENTION_SCALES)}")
     attention = features.sum(dim=1)
+    if scale == "max":
+        high = attention.flatten(1).abs().max(dim=1).values[:, None, None]
+        return attention / high.clamp_min(EPS)
     flat = attention.flatten(1)
     low = flat.min(dim=1).values[:, None, None]
     high = flat.max(dim=1).values[:, None, None]

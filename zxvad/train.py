@@ -174,7 +174,8 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
     results = ev.evaluate_targets(state.G, targets, frames=cfg.model.frames,
                                   size=cfg.model.image_size, device=device,
                                   batch_size=cfg.eval.batch_size,
-                                  top_frames=cfg.eval.top_frames, progress=False)
+                                  top_frames=cfg.eval.top_frames, progress=False,
+                                  patch_size=cfg.eval.patch_size)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
     files = ev.write_report(results, folder / "eval", frames=cfg.model.frames,
                             figures=figures, plots=cfg.eval.plots and last)
