@@ -160,7 +160,7 @@ def _clip_entries(video, opt: dict[str, Any], spans: list, n: int, fps: float,
 def _input_bytes(video) -> int:
     """The size of a video's file(s): a cheap guess at how long it takes to encode."""
     try:
-        if isinstance(video.source, (list, tuple)):
+        if isinstance(video.source, readers.FRAME_LISTS):
             return len(video.source) * (os.path.getsize(video.source[0]) if video.source else 0)
         return os.path.getsize(video.source)
     except OSError:
@@ -169,7 +169,7 @@ def _input_bytes(video) -> int:
 
 def _source_name(video) -> str:
     source = video.source
-    if isinstance(source, (list, tuple)):
+    if isinstance(source, readers.FRAME_LISTS):
         return str(Path(source[0]).parent) if source else video.video_id
     return str(source)
 
