@@ -312,19 +312,16 @@ def _clean_wall(root: Path, clean: Path, args) -> float:
 
 
 def _spooled_fraction(out: Path, root: Path) -> float:
-    """Videos the killed build had finished: spool journal lines plus finished buckets, over all listed."""
+    """Videos the killed build had finished (spool journal lines + finished buckets) over all listed."""
     work = out / ".build-work"
-    lines = sum(len(p.read_text().splitlines()) for p in work.glob("*.jsonl")) if work.exists() else 0
-    state = work / "state.json"
-    done = 0
-    if state.exists():
-        try:
-            saved = json.loads(state.read_text())
-            done = sum(v["videos"] + len(v["skipped"]) for v in saved["buckets_done"].values())
-        except (json.JSONDecodeError, KeyError):
-            done = 0
+    done = sum(len(p.read_text().splitlines()) for p in work.glob("bucket-*.jsonl"))
+    journal = work / "state.jsonl"
+    for line in journal.read_text().splitlines() if journal.exists() else []:
+        entry = json.loads(line)
+        if "bucket" in entry:
+            done += entry["done"]["videos"] + len(entry["done"]["skipped"])
     listed = len((root / "jester-v1-train.csv").read_text().splitlines())
-    return (lines + done) / max(listed, 1)
+    return done / max(listed, 1)
 
 
 def _digests(folder: Path) -> dict[str, str]:
