@@ -29,17 +29,17 @@ VALIDATION_EVERY = 8  # Jester: 118,562 train / 14,787 validation videos, about 
 FRAMES_DIR = "20bn-jester-v1"
 
 
-def video_frames(video_id: int, size: int, seed: int) -> tuple[str, list[bytes]]:
+def video_frames(video_id: int, size: int, seed: int, frames: tuple[int, int] = FRAMES) -> tuple[str, list[bytes]]:
     """The class and the JPEG bytes of each frame of one video."""
     rng = np.random.default_rng([seed, video_id])
     label = int(rng.integers(len(CLASSES)))
-    count = int(rng.integers(FRAMES[0], FRAMES[1] + 1))
+    count = int(rng.integers(frames[0], frames[1] + 1))
     background = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     colour = rng.integers(0, 256, size=3, dtype=np.uint8)
     side = max(2, size // 4)
     x, y = (int(v) for v in rng.integers(0, size - side, size=2))
     dx, dy = MOTIONS[label]
-    frames = []
+    images = []
     for t in range(count):
         frame = background.copy()
         px, py = (x + dx * t) % (size - side), (y + dy * t) % (size - side)
@@ -48,15 +48,17 @@ def video_frames(video_id: int, size: int, seed: int) -> tuple[str, list[bytes]]
             frame[py:py + side, px:px + side] >>= t % 2
         buffer = io.BytesIO()
         Image.fromarray(frame).save(buffer, format="JPEG", quality=90)
-        frames.append(buffer.getvalue())
-    return CLASSES[label], frames
+        images.append(buffer.getvalue())
+    return CLASSES[label], images
 
 
-def write_jester_like(out: Path, videos: int, *, size: int = 32, seed: int = 0, overwrite: bool = False,
-                      progress: bool = True) -> dict[str, int]:
-    """Write ``videos`` videos under ``out``; return how many went to each list and the frame count."""
+def write_jester_like(out: Path, videos: int, *, size: int = 32, seed: int = 0, frames: tuple[int, int] = FRAMES,
+                      overwrite: bool = False, progress: bool = True) -> dict[str, int]:
+    """Write ``videos`` videos of ``frames`` (min, max) frames under ``out``; return the list sizes and frames."""
     if videos < 1:
         raise ValueError(f"--videos {videos}: expected at least 1")
+    if not 1 <= frames[0] <= frames[1]:
+        raise ValueError(f"--frames {frames[0]}-{frames[1]}: expected MIN-MAX with 1 <= MIN <= MAX")
     if size < 8 or size % 2:
         raise ValueError(f"--size {size}: expected an even number >= 8")
     out = Path(out)
@@ -69,13 +71,13 @@ def write_jester_like(out: Path, videos: int, *, size: int = 32, seed: int = 0, 
     train, validation, total = [], [], 0
     for video_id in tqdm(range(1, videos + 1), desc="jester-like", unit="video", disable=not progress,
                          dynamic_ncols=True, mininterval=1.0):
-        label, frames = video_frames(video_id, size, seed)
+        label, images = video_frames(video_id, size, seed, frames)
         folder = frames_root / str(video_id)
         os.mkdir(folder)
-        for t, data in enumerate(frames, 1):
+        for t, data in enumerate(images, 1):
             with open(folder / f"{t:05d}.jpg", "wb") as f:
                 f.write(data)
-        total += len(frames)
+        total += len(images)
         (validation if video_id % VALIDATION_EVERY == 0 else train).append(f"{video_id};{label}\n")
     (out / "jester-v1-train.csv").write_text("".join(train))
     (out / "jester-v1-validation.csv").write_text("".join(validation))
@@ -90,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, required=True, help="number of videos (about 1 in 8 go to validation)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (must be empty or absent)")
     parser.add_argument("--size", type=int, default=32, help="square frame size in pixels (default 32)")
+    parser.add_argument("--frames", default=f"{FRAMES[0]}-{FRAMES[1]}", metavar="MIN-MAX",
+                        help=f"frames per video, drawn uniformly (default {FRAMES[0]}-{FRAMES[1]})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        counts = write_jester_like(args.out, args.videos, size=args.size, seed=args.seed,
+        low, _, high = args.frames.partition("-")
+        try:
+            frames = (int(low), int(high or low))
+        except ValueError:
+            raise ValueError(f"--frames {args.frames!r}: expected MIN-MAX, e.g. 12-40") from None
+        counts = write_jester_like(args.out, args.videos, size=args.size, seed=args.seed, frames=frames,
                                    overwrite=args.overwrite, progress=not args.quiet)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

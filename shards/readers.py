@@ -102,7 +102,14 @@ class FrameFiles(Sequence):
         return f"FrameFiles({self.folder!r}, {self._count} images)"
 
     def __reduce__(self):
-        return FrameFiles, (self.folder, self._names.split("/") if self._count else [])
+        return _frame_files, (self.folder, self._names, self._count)
+
+
+def _frame_files(folder: str, names: str, count: int) -> FrameFiles:
+    """Unpickle :class:`FrameFiles` without splitting its names."""
+    frames = FrameFiles(folder, [])
+    frames._names, frames._count = names, count
+    return frames
 
 
 FRAME_LISTS = (list, tuple, FrameFiles)  # a Video.source of frame images (else a video file)

@@ -39,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=2, help="encoding processes of the build")
     p.add_argument("--ray", action="store_true", help="also build each N as Ray tasks on a local Ray")
     p.add_argument("--frame-size", type=int, default=32, help="corpus frames and stored shards, square")
+    p.add_argument("--frames", default="12-40", metavar="MIN-MAX", help="frames per corpus video")
     p.add_argument("--clip-len", type=int, default=16, help="frames per clip")
     p.add_argument("--skip-build", action="store_true", help="reuse the shards of an earlier run")
     p.add_argument("--skip-loader", action="store_true", help="no DALI loader check")
@@ -56,7 +57,7 @@ def run(args) -> dict:
         raise ValueError(f"--sizes {args.sizes!r}: expected corpus sizes of at least 10 videos")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = ensure_corpus(work, sizes[-1], args.frame_size)
+    corpus = ensure_corpus(work, sizes[-1], args.frame_size, args.frames)
     figures: dict = {"sizes": sizes, "workers": args.workers, "frame_size": args.frame_size, "builds": []}
     modes = ["pool"] + (["ray"] if args.ray else [])
     ray_address = start_ray(work) if args.ray else None
@@ -104,14 +105,16 @@ def run(args) -> dict:
 
 # ---------------------------------------------------------------------------------- corpus
 
-def ensure_corpus(work: Path, n: int, size: int) -> Path:
+def ensure_corpus(work: Path, n: int, size: int, frames: str = "12-40") -> Path:
     """The largest corpus, written once; smaller ones are its first N videos (same ids, same bytes)."""
     from shards.jester_like import write_jester_like
 
-    root = work / f"corpus-{n}-{size}px"
+    low, _, high = frames.partition("-")
+    root = work / (f"corpus-{n}-{size}px" + ("" if frames == "12-40" else f"-{frames}f"))
     if not (root / "jester-v1-train.csv").exists():
         began = time.time()
-        counts = write_jester_like(root, n, size=size, overwrite=True)
+        counts = write_jester_like(root, n, size=size, frames=(int(low), int(high or low)), overwrite=True,
+                                   progress=sys.stderr.isatty())
         print(f"corpus: {n} videos, {counts['frames']} frames in {time.time() - began:.0f} s", flush=True)
     return root
 
@@ -120,7 +123,7 @@ def subset_root(work: Path, corpus: Path, n: int) -> Path:
     """A Jester root listing the first ``n`` videos of ``corpus`` (a link to its frame folders)."""
     from shards.jester_like import FRAMES_DIR
 
-    root = work / f"root-{n}"
+    root = work / f"{corpus.name}-first-{n}"
     root.mkdir(exist_ok=True)
     link = root / FRAMES_DIR
     if not link.exists():
