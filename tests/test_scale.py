@@ -93,3 +93,14 @@ def test_build_cost_and_driver_memory_grow_linearly(tmp_path):
     assert lin["cpu_ratio"] < 1.6, rows
     assert lin["driver_rss_ratio"] < 1.3, rows
     assert rows[1]["listing_s"] / 2000 < 3 * max(rows[0]["listing_s"] / 400, 1e-4), rows
+
+
+def test_summary_lists_the_first_skipped_inputs_and_counts_the_rest():
+    from shards.build import SKIPPED_SHOWN, summary
+
+    skipped = [{"input": f"v{i}", "reason": "12 frames, fewer than the 16 a clip needs"} for i in range(50)]
+    manifest = {"totals": {"shards": 1, "videos": 1, "clips": 1, "frames": 16, "bytes": 10, "skipped": 50},
+                "options": {"codec": "vp9", "quality": "lossless"}, "skipped": skipped, "run": {}}
+    lines = summary(manifest).splitlines()
+    assert sum(line.startswith("skipped v") for line in lines) == SKIPPED_SHOWN
+    assert lines[-1] == f"... and {50 - SKIPPED_SHOWN} more skipped (see manifest.json)"

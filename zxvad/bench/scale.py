@@ -213,6 +213,7 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
     frames = int(match.group(1)) if match else 0
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
+    out.with_name(out.name + ".wall").write_text(f"{wall}\n")  # what --kill-resume times its kill by
     return {**row, "frames": frames, "frames_per_s": frames / wall, "shards": manifest["totals"]["shards"],
             "clips": manifest["totals"]["clips"], "manifest_bytes": manifest_path.stat().st_size,
             "manifest_write_s": _time_manifest_write(manifest)}
@@ -291,11 +292,12 @@ def linearity(builds: list[dict]) -> dict:
 
 def kill_and_resume(root: Path, clean: Path, args) -> dict:
     """SIGKILL a build of ``root`` at about half its clean wall time, re-run it, compare every file."""
-    if not (clean / "manifest.json").exists():
+    wall_file = clean.with_name(clean.name + ".wall")
+    if not (clean / "manifest.json").exists() or not wall_file.exists():
         measure_build(root, clean, args, None)
     out = clean.with_name(clean.name + "-resumed")
     _remove(out)
-    clean_wall = _clean_wall(root, clean, args)
+    clean_wall = float(wall_file.read_text())
     killed = measure_build(root, out, args, None, kill_after=clean_wall / 2)
     done = _spooled_fraction(out, root)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -307,11 +309,6 @@ def kill_and_resume(root: Path, clean: Path, args) -> dict:
     return {"killed_at_s": killed["wall_s"], "killed_at_fraction": done, "resume_s": time.perf_counter() - began,
             "resumed": "(resumed)" in again.stdout, "identical": a == b, "files": len(a),
             "differing": sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[:10]}
-
-
-def _clean_wall(root: Path, clean: Path, args) -> float:
-    """Wall time of an uninterrupted build of ``root`` (built again, so the clock is of this moment)."""
-    return measure_build(root, clean, args, None)["wall_s"]
 
 
 def _spooled_fraction(out: Path, root: Path) -> float:
