@@ -177,8 +177,9 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
     ray_cpu0 = {pid: _cpu(p) for pid, p in ray_workers.items()}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
+    logs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # a pipe nobody reads would block it
     proc = subprocess.Popen(build_command(root, out, args, bool(ray_address)), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=logs[0], stderr=logs[1], text=True)
     driver, peaks, killed = psutil.Process(proc.pid), {}, False
     driver_peak = 0
     while proc.poll() is None:
@@ -198,8 +199,9 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
             killed = True
             break
         time.sleep(POLL_S)
-    stdout, stderr = proc.communicate()
+    proc.wait()
     wall = time.perf_counter() - began
+    stdout, stderr = (_read_back(f) for f in logs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cpu += sum(max(_cpu(p) - ray_cpu0.get(pid, 0.0), 0.0) for pid, p in ray_workers.items())
@@ -217,6 +219,13 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
     return {**row, "frames": frames, "frames_per_s": frames / wall, "shards": manifest["totals"]["shards"],
             "clips": manifest["totals"]["clips"], "manifest_bytes": manifest_path.stat().st_size,
             "manifest_write_s": _time_manifest_write(manifest)}
+
+
+def _read_back(f) -> str:
+    f.seek(0)
+    text = f.read()
+    f.close()
+    return text
 
 
 def _ray_workers(psutil) -> dict:
