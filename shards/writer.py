@@ -20,7 +20,7 @@ import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from shards.format import INDEX_SUFFIX, MANIFEST_NAME, META_EXT, VIDEO_EXT, index_name
 from shards.storage import atomic_write, parse_s3_url, partial_path
@@ -79,7 +79,7 @@ class Spool:
 
     def __init__(self, stem: Path):
         self.bin_path, self.journal_path = stem.with_suffix(".bin"), stem.with_suffix(".jsonl")
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: set[str] = set()  # ids only: the records stay in the journal (~1 KB a video)
         end = 0
         if self.journal_path.exists():
             good = []
@@ -89,7 +89,7 @@ class Spool:
                 except json.JSONDecodeError:
                     break  # torn write from a killed run; everything after it is gone too
                 good.append(line)
-                self.records[record["video_id"]] = record
+                self.records.add(record["video_id"])
                 end = max([end] + [c[1] + c[2] for c in record["clips"]])
             self.journal_path.write_text("".join(line + "\n" for line in good))
         with open(self.bin_path, "ab") as f:
@@ -112,24 +112,31 @@ class Spool:
                   "skipped": skipped, "frames_decoded": frames_decoded, "source": source or video_id, "fidelity": fidelity}
         self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._journal.flush()
-        self.records[video_id] = record
+        self.records.add(video_id)
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """The journal's records, in the order they were spooled."""
+        self._journal.flush()
+        with open(self.journal_path) as f:
+            for line in f:
+                yield json.loads(line)
 
     def clips(self) -> list[Clip]:
         return [Clip(key, offset, length, meta, frames, r["hash"], (r["order"], i))
-                for r in self.records.values()
+                for r in self._records()
                 for i, (key, offset, length, meta, frames) in enumerate(r["clips"])]
 
     def videos(self) -> int:
         """Videos that gave at least one clip."""
-        return sum(1 for r in self.records.values() if r["clips"])
+        return sum(1 for r in self._records() if r["clips"])
 
     def skipped(self) -> list[dict[str, str]]:
-        return [{"input": r["source"], "reason": r["skipped"]}
-                for r in sorted(self.records.values(), key=lambda r: r["order"]) if r["skipped"]]
+        skipped = [(r["order"], r["source"], r["skipped"]) for r in self._records() if r["skipped"]]
+        return [{"input": source, "reason": reason} for _, source, reason in sorted(skipped, key=lambda t: t[0])]
 
     def fidelity(self) -> list[dict[str, Any]]:
         """The fidelity records of the videos that have one."""
-        return [r["fidelity"] for r in self.records.values() if r.get("fidelity")]
+        return [r["fidelity"] for r in self._records() if r.get("fidelity")]
 
     def read(self, clip: Clip) -> bytes:
         with open(self.bin_path, "rb") as f:
