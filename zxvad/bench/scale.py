@@ -175,6 +175,7 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
         env["RAY_ADDRESS"] = ray_address
     ray_workers = _ray_workers(psutil) if ray_address else {}
     ray_cpu0 = {pid: _cpu(p) for pid, p in ray_workers.items()}
+    ray_cpu: dict[int, float] = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     logs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # a pipe nobody reads would block it
@@ -192,6 +193,7 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
         for pid, p in list(ray_workers.items()):
             peaks[pid] = max(peaks.get(pid, 0), _rss(p))
             ray_cpu0.setdefault(pid, 0.0)
+            ray_cpu[pid] = max(ray_cpu.get(pid, 0.0), _cpu(p))  # a worker that exits keeps its last reading
         if ray_address:
             ray_workers.update({pid: p for pid, p in _ray_workers(psutil).items() if pid not in ray_workers})
         if kill_after and time.perf_counter() - began > kill_after:
@@ -204,7 +206,8 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
     stdout, stderr = (_read_back(f) for f in logs)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    cpu += sum(max(_cpu(p) - ray_cpu0.get(pid, 0.0), 0.0) for pid, p in ray_workers.items())
+    cpu += sum(max(max(ray_cpu.get(pid, 0.0), _cpu(p)) - ray_cpu0.get(pid, 0.0), 0.0)
+               for pid, p in ray_workers.items())
     row = {"wall_s": wall, "cpu_s": cpu, "driver_peak_rss_mb": driver_peak / 2**20,
            "worker_peak_rss_mb": sorted(round(v / 2**20, 1) for pid, v in peaks.items() if v > 20 * 2**20)}
     if killed:
