@@ -47,6 +47,7 @@ TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the fram
 # PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
 TRAIN_QUALITY = "lossless"
 FIDELITY_SAMPLE = 0.02  # clips decoded again per build, by key hash
+SKIPPED_SHOWN = 20  # skipped inputs listed after a build; all of them are in the manifest
 
 
 # ------------------------------------------------------------------------------- one video
@@ -160,7 +161,7 @@ def _clip_entries(video, opt: dict[str, Any], spans: list, n: int, fps: float,
 def _input_bytes(video) -> int:
     """The size of a video's file(s): a cheap guess at how long it takes to encode."""
     try:
-        if isinstance(video.source, (list, tuple)):
+        if isinstance(video.source, readers.FRAME_LISTS):
             return len(video.source) * (os.path.getsize(video.source[0]) if video.source else 0)
         return os.path.getsize(video.source)
     except OSError:
@@ -169,7 +170,7 @@ def _input_bytes(video) -> int:
 
 def _source_name(video) -> str:
     source = video.source
-    if isinstance(source, (list, tuple)):
+    if isinstance(source, readers.FRAME_LISTS):
         return str(Path(source[0]).parent) if source else video.video_id
     return str(source)
 
@@ -516,7 +517,9 @@ def summary(manifest: dict[str, Any]) -> str:
              + (f" (encoder alone {encode_fps:.0f} frames/s)" if encode_fps else "")
              + (" (resumed)" if run.get("resumed") else ""),
              summary_line(manifest.get("fidelity"))]
-    lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"]]
+    lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"][:SKIPPED_SHOWN]]
+    if len(manifest["skipped"]) > SKIPPED_SHOWN:  # a Jester-sized build can skip thousands
+        lines.append(f"... and {len(manifest['skipped']) - SKIPPED_SHOWN} more skipped (see manifest.json)")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ Everything is deterministic by seed, byte for byte (bit-exact encoders, fixed .m
 ``demo.json`` at the root and ``domain.json`` in each domain let ``list_videos("demo", ...)`` read them.
 
     python -m shards.demo --out demo-out/domains [--seed 0] [--size 64] [--real-source VIDEO]
+    python -m shards.demo jester-like --videos N --out DIR   # a Jester-layout scale corpus (shards.jester_like)
 """
 
 from __future__ import annotations
@@ -552,7 +553,14 @@ def _bar(total: int, show: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shards.demo", description=(
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["jester-like"]:  # the scale-drill corpus: its own options
+        from shards.jester_like import main as jester_like
+
+        return jester_like(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m shards.demo", epilog=(
+        "python -m shards.demo jester-like --videos N --out DIR writes a Jester-layout corpus "
+        "for scale drills (see its --help)."), description=(
         "Write the synthetic demo domains (a TI-style source videofolder, a Ped2-style street and an "
         "Avenue-style plaza target with labelled anomalies) in the real dataset layouts, and "
         "target-real: real fixed-camera footage with injected, labelled anomalies."))

@@ -20,7 +20,7 @@ import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from shards.format import INDEX_SUFFIX, MANIFEST_NAME, META_EXT, VIDEO_EXT, index_name
 from shards.storage import atomic_write, parse_s3_url, partial_path
@@ -79,7 +79,7 @@ class Spool:
 
     def __init__(self, stem: Path):
         self.bin_path, self.journal_path = stem.with_suffix(".bin"), stem.with_suffix(".jsonl")
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: set[str] = set()  # ids only: the records stay in the journal (~1 KB a video)
         end = 0
         if self.journal_path.exists():
             good = []
@@ -89,7 +89,7 @@ class Spool:
                 except json.JSONDecodeError:
                     break  # torn write from a killed run; everything after it is gone too
                 good.append(line)
-                self.records[record["video_id"]] = record
+                self.records.add(record["video_id"])
                 end = max([end] + [c[1] + c[2] for c in record["clips"]])
             self.journal_path.write_text("".join(line + "\n" for line in good))
         with open(self.bin_path, "ab") as f:
@@ -112,24 +112,31 @@ class Spool:
                   "skipped": skipped, "frames_decoded": frames_decoded, "source": source or video_id, "fidelity": fidelity}
         self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._journal.flush()
-        self.records[video_id] = record
+        self.records.add(video_id)
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """The journal's records, in the order they were spooled."""
+        self._journal.flush()
+        with open(self.journal_path) as f:
+            for line in f:
+                yield json.loads(line)
 
     def clips(self) -> list[Clip]:
         return [Clip(key, offset, length, meta, frames, r["hash"], (r["order"], i))
-                for r in self.records.values()
+                for r in self._records()
                 for i, (key, offset, length, meta, frames) in enumerate(r["clips"])]
 
     def videos(self) -> int:
         """Videos that gave at least one clip."""
-        return sum(1 for r in self.records.values() if r["clips"])
+        return sum(1 for r in self._records() if r["clips"])
 
     def skipped(self) -> list[dict[str, str]]:
-        return [{"input": r["source"], "reason": r["skipped"]}
-                for r in sorted(self.records.values(), key=lambda r: r["order"]) if r["skipped"]]
+        skipped = [(r["order"], r["source"], r["skipped"]) for r in self._records() if r["skipped"]]
+        return [{"input": source, "reason": reason} for _, source, reason in sorted(skipped, key=lambda t: t[0])]
 
     def fidelity(self) -> list[dict[str, Any]]:
         """The fidelity records of the videos that have one."""
-        return [r["fidelity"] for r in self.records.values() if r.get("fidelity")]
+        return [r["fidelity"] for r in self._records() if r.get("fidelity")]
 
     def read(self, clip: Clip) -> bytes:
         with open(self.bin_path, "rb") as f:
@@ -213,10 +220,16 @@ def plan_shards(clips: Sequence[Clip], max_samples: int, max_bytes: int) -> list
 # ---------------------------------------------------------------------------------------- state
 
 class BuildState:
-    """The progress journal of one build: its options, finished shards (with keys), finished buckets."""
+    """The progress journal of one build: its options, finished shards (with keys), finished buckets.
+
+    ``state.json`` holds the options, written once; ``state.jsonl`` gets one line per finished shard
+    or bucket. Rewriting the whole state at each shard (as before) cost O(shards x clips): 1 GB of
+    JSON for Jester's ~240 shards.
+    """
 
     def __init__(self, path: Path, options: dict[str, Any]):
         self.path = path
+        self.journal_path = path.with_suffix(".jsonl")
         self.options = options
         self.shards: list[dict[str, Any]] = []
         self.buckets_done: dict[str, dict[str, Any]] = {}  # bucket -> {"videos": n, "skipped": [...]}
@@ -227,7 +240,34 @@ class BuildState:
                                  if saved["options"].get(k) != options.get(k))
                 raise BuildError(f"{path.parent}: holds an unfinished build with other options "
                                  f"({', '.join(changed)}); re-run with the same options or remove it")
-            self.shards, self.buckets_done = saved["shards"], saved["buckets_done"]
+            self._replay()
+
+    def _replay(self) -> None:
+        """Read the journal back; a torn last line (a killed write) is dropped and cut from the file."""
+        if not self.journal_path.exists():
+            return
+        good = []
+        for line in self.journal_path.read_text().splitlines(keepends=True):
+            try:
+                entry = json.loads(line) if line.endswith("\n") else None
+            except json.JSONDecodeError:
+                entry = None
+            if entry is None:
+                break
+            good.append(line)
+            if "shard" in entry:
+                self.shards.append(entry["shard"])
+            else:
+                self.buckets_done[entry["bucket"]] = entry["done"]
+        self.journal_path.write_text("".join(good))
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        if not self.path.exists():
+            atomic_write(self.path, json.dumps({"options": self.options}).encode())
+        with open(self.journal_path, "a") as f:
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     @property
     def resumed(self) -> bool:
@@ -237,20 +277,18 @@ class BuildState:
         return {k for s in self.shards if s["bucket"] == bucket for k in s["keys"]}
 
     def add_shard(self, entry: dict[str, Any], bucket: int, keys: list[str]) -> None:
-        self.shards.append({**entry, "bucket": bucket, "keys": keys})
-        self.save()
+        shard = {**entry, "bucket": bucket, "keys": keys}
+        self._append({"shard": shard})
+        self.shards.append(shard)
 
     def finish_bucket(self, bucket: int, videos: int, skipped: list[dict[str, str]],
                       fidelity: dict[str, Any] | None = None) -> None:
-        self.buckets_done[str(bucket)] = {"videos": videos, "skipped": skipped, "fidelity": fidelity}
-        self.save()
+        done = {"videos": videos, "skipped": skipped, "fidelity": fidelity}
+        self._append({"bucket": str(bucket), "done": done})
+        self.buckets_done[str(bucket)] = done
 
     def bucket_done(self, bucket: int) -> bool:
         return str(bucket) in self.buckets_done
-
-    def save(self) -> None:
-        state = {"options": self.options, "shards": self.shards, "buckets_done": self.buckets_done}
-        atomic_write(self.path, json.dumps(state).encode())
 
     def manifest_shards(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in s.items() if k not in ("bucket", "keys")} for s in self.shards]

@@ -1,4 +1,4 @@
-"""``python -m zxvad.bench {model,synthesis,loader,codec,masks,method,step} ...``: one module per benchmark.
+"""``python -m zxvad.bench {model,synthesis,loader,codec,masks,method,step,scale} ...``: one module per benchmark.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
 printed last as one JSON line.
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "masks": "how well O's object masks cover the moving objects of a fixed-camera clip",
     "method": "a few hundred training steps on real clips: critics, memory, loss balance",
     "step": "one train_step: time, its split by section, memory, FLOPs and TFLOP/s",
+    "scale": "a Jester-layout corpus of 1k-20k videos: build linearity, memory, loader, fractions",
 }
 
 
