@@ -8,6 +8,7 @@ is a :class:`ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ PRESET_DIR = Path(__file__).parent / "configs"
 BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
 SHRINKS = ("continuous", "hard")
 CRITIC_NORMS = ("batch", "instance", "none")
+# Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -217,27 +220,52 @@ def _validate(cfg: Config) -> Config:
         ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,
          "must be 0 (donor size) or at least 32"),
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
+        ("model.disc_width", m.disc_width >= 1, "must be positive"),
+        ("model.backbone_seed", m.backbone_seed >= 0, "must be 0 or more"),
         ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
+        ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be at least 1"),
+        ("data.loader_threads", d.loader_threads >= 1, "must be at least 1"),
+        ("data.seed", d.seed >= 0, "must be 0 or more"),
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
         ("train.steps", t.steps >= 1, "must be at least 1"),
+        ("train.lr_g", t.lr_g > 0, "must be positive"),
+        ("train.lr_d", t.lr_d > 0, "must be positive"),
+        ("train.lr_n", t.lr_n > 0, "must be positive"),
+        ("train.beta1", 0 <= t.beta1 < 1, "must lie in [0, 1)"),
+        ("train.beta2", 0 <= t.beta2 < 1, "must lie in [0, 1)"),
+        ("train.seed", t.seed >= 0, "must be 0 or more"),
+        ("train.log_every", t.log_every >= 1, "must be at least 1"),
         ("train.num_workers", t.num_workers >= 1, "must be at least 1"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
         ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
+        ("eval.top_frames", e.top_frames >= 0, "must be 0 or more"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]
     for name, value in cfg.loss.__dict__.items():
         checks.append((f"loss.{name}", value >= 0, "must be 0 or more"))
+    checks += [("loss.arcface_margin", cfg.loss.arcface_margin < 90, "must lie in [0, 90) degrees"),
+               ("loss.arcface_scale", cfg.loss.arcface_scale > 0, "must be positive")]
     for key, ok, why in checks:
         if not ok:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+    for name in e.targets:
+        check_target_name(name, f"config key 'eval.targets.{name}'")
     return cfg
+
+
+def check_target_name(name: str, where: str) -> str:
+    """A target name safe as a file name and metric key; ConfigError naming ``where`` otherwise."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: target name {name!r} must be 1-64 letters, digits, '_', '-' "
+                          "or '.', starting with a letter or digit")
+    return name
 
 
 def from_dict(raw: dict[str, Any] | None, base: Config | None = None) -> Config:

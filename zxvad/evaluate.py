@@ -264,6 +264,10 @@ class EnergyMeter:
 def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frames: int,
                  figures: dict | None = None, plots: bool = True) -> list[Path]:
     """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
+    from zxvad.config import check_target_name
+
+    for name in results:  # before any file: a name like "../x" would write outside out_dir
+        check_target_name(name, f"target '{name}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"frames_T": frames, "mean_auc": metrics.mean_auc(results),
@@ -302,12 +306,14 @@ def storage_lines(targets: dict[str, str]) -> tuple[list[str], list[str]]:
 
 def parse_targets(items: list[str]) -> dict[str, str]:
     """``["ped2=shards/ped2", ...]`` -> ``{"ped2": "shards/ped2"}``; one clear error otherwise."""
+    from zxvad.config import check_target_name
+
     targets = {}
     for item in items:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise ValueError(f"--target '{item}': expected NAME=SHARDS, e.g. ped2=shards/ped2-test")
-        targets[name] = spec
+        targets[check_target_name(name, f"--target '{item}'")] = spec
     return targets
 
 
