@@ -5,6 +5,7 @@ No Ray here: every check runs on the driver (or in a helper that Ray calls), so 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,3 +66,62 @@ def test_report_refuses_an_unsafe_target_name_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="a/b"):
         evaluate.write_report({"a/b": None}, tmp_path / "out", frames=4)
     assert not (tmp_path / "out").exists()
+
+
+# -- item 1: every shard set checked on the driver, before Ray ---------------------------------
+
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory):
+    from helpers import built_set
+
+    return built_set(tmp_path_factory.mktemp("built"), [16] * 4, "train", "mjpeg", clip_len=8)
+
+
+@pytest.fixture
+def shard_set(built_once, tmp_path):
+    """A fresh copy of a small healthy set, for a test to damage."""
+    return Path(shutil.copytree(built_once, tmp_path / "shards"))
+
+
+def _train_argv(shards, tmp_path, *extra):
+    argv = ["--config", "demo", "--no-mlflow"]
+    for item in [f"data.train_shards={shards}", f"data.donor_shards={shards}", "eval.targets={}",
+                 f"train.storage_path={tmp_path / 'ray_results'}", *extra]:
+        argv += ["--set", item]
+    return argv
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda tar: Path(tar).with_suffix(".idx").unlink(), "DALI index"),
+    (lambda tar: os.truncate(tar, os.path.getsize(tar) // 2), "truncated or rewritten"),
+    (lambda tar: Path(tar).unlink(), "not found"),
+])
+def test_a_damaged_shard_set_fails_on_the_driver(shard_set, tmp_path, capsys, monkeypatch, damage, message):
+    from zxvad import train
+
+    monkeypatch.setattr(train, "fit_with_storage_retries", lambda *a, **k: pytest.fail("reached Ray"))
+    tar = sorted(shard_set.glob("*.tar"))[1]
+    damage(str(tar))
+    code = train.main(_train_argv(shard_set, tmp_path))
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and str(tar) in line and message in line
+
+
+def test_index_past_the_end_and_sha256_are_caught(shard_set):
+    from zxvad.data import ShardError, verify_shard_set
+
+    tar = sorted(shard_set.glob("*.tar"))[0]
+    assert verify_shard_set(str(shard_set)) and verify_shard_set(str(shard_set), full_hash=True)
+    data = bytearray(tar.read_bytes())
+    data[1000] ^= 0xFF  # same size: only the hash can see it
+    tar.write_bytes(bytes(data))
+    assert verify_shard_set(str(shard_set))
+    with pytest.raises(ShardError, match="sha256 differs"):
+        verify_shard_set(str(shard_set), full_hash=True)
+    index = tar.with_suffix(".idx")
+    lines = index.read_text().splitlines()
+    fields = lines[-1].split()
+    fields[2] = str(int(fields[2]) + len(data))  # an offset beyond the tar
+    index.write_text("\n".join(lines[:-1] + [" ".join(fields)]) + "\n")
+    with pytest.raises(ShardError, match="past the end of the tar"):
+        verify_shard_set(str(shard_set))

@@ -333,14 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from zxvad.checkpoint import load_generator
-        from zxvad.data import resolve_shards
+        from zxvad.data import verify_shard_set
 
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         G, cfg = load_generator(args.checkpoint, device)
         targets = parse_targets(args.target) or dict(cfg.eval.targets)
         if not targets:
             raise ValueError("no --target given and the checkpoint's config names none")
-        resolved = {name: resolve_shards(spec) for name, spec in targets.items()}
+        resolved = {name: verify_shard_set(spec) for name, spec in targets.items()}
         stored, warnings = storage_lines(targets)
         print("\n".join(stored))
         for warning in warnings:

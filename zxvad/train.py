@@ -43,16 +43,20 @@ class Inputs:
     targets: dict[str, list[str]]
 
 
-def resolve_inputs(cfg: Config) -> Inputs:
-    """Every shard path of the config resolved (fraction applied); one clear error otherwise."""
-    from zxvad.data import resolve_shards
+def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
+    """Every shard set of the config resolved (fraction applied) and checked against its manifest
+    (sizes and index offsets; every sha256 too with ``verify_hash``); one clear error otherwise."""
+    from zxvad.data import verify_shard_set
+
+    def resolve(spec: str, fraction: float = 1.0) -> list[str]:
+        return verify_shard_set(spec, fraction, full_hash=verify_hash)
 
     if not cfg.data.train_shards:
         raise ValueError("config key 'data.train_shards' is empty: name G's training shards "
                          "(a folder with manifest.json or an s3:// prefix)")
-    train = resolve_shards(cfg.data.train_shards, cfg.data.fraction)
-    donors = resolve_shards(cfg.data.donor_shards) if cfg.data.donor_shards else train
-    targets = {name: resolve_shards(spec) for name, spec in cfg.eval.targets.items()}
+    train = resolve(cfg.data.train_shards, cfg.data.fraction)
+    donors = resolve(cfg.data.donor_shards) if cfg.data.donor_shards else train
+    targets = {name: resolve(spec) for name, spec in cfg.eval.targets.items()}
     return Inputs(train, donors, targets)
 
 
@@ -349,9 +353,11 @@ def prepare(argv: list[str] | None = None):
     parser.add_argument("--fresh", action="store_true",
                         help="start a new run even if one with the same name has checkpoints")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--verify-shards", action="store_true",
+                        help="also compare every shard's sha256 with its manifest (reads every byte)")
     args = parser.parse_args(argv)
     cfg = config_lib.load(args.config, args.overrides)
-    inputs = resolve_inputs(cfg)
+    inputs = resolve_inputs(cfg, verify_hash=args.verify_shards)
     check_storage(cfg)
     name = default_run_name(cfg)
     if args.fresh:
