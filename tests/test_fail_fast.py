@@ -125,3 +125,91 @@ def test_index_past_the_end_and_sha256_are_caught(shard_set):
     index.write_text("\n".join(lines[:-1] + [" ".join(fields)]) + "\n")
     with pytest.raises(ShardError, match="past the end of the tar"):
         verify_shard_set(str(shard_set))
+
+
+# -- items 4 and 5: test sets are sacred; an all-bad build writes nothing ------------------------
+
+def _avi(path: Path, frames: int = 30) -> Path:
+    """An MJPEG AVI of moving pattern frames (its header declares ``frames``)."""
+    import av
+    import numpy as np
+
+    from helpers import pattern
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuvj420p"
+        for frame in pattern(0, range(frames)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _labelled(folder: Path, name: str, frames: int) -> None:
+    import numpy as np
+
+    np.save(folder / f"{name}.npy", (np.arange(frames) % 7 >= 4).astype(np.uint8))
+
+
+def _build(root, out, split, **kw):
+    from shards.build import build
+
+    return build("videofolder", root, out, split=split, size=(32, 32), codec="mjpeg", clip_len=8,
+                 overlap=4, progress=False, **kw)
+
+
+def test_a_truncated_labelled_test_video_stops_the_build(tmp_path):
+    from shards.writer import BuildError
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in ("a", "b"):
+        _avi(root / f"{name}.avi")
+        _labelled(root, name, 30)
+    os.truncate(root / "b.avi", os.path.getsize(root / "b.avi") // 2)
+    with pytest.raises(BuildError, match=r"test video b \(.*\): truncated") as err:
+        _build(root, tmp_path / "test", "test")
+    assert "\n" not in str(err.value) and not (tmp_path / "test" / "manifest.json").exists()
+    manifest = _build(root, tmp_path / "test-skip", "test", skip_bad_test_videos=True)
+    assert [s["reason"].split(":")[0] for s in manifest["skipped"]] == ["truncated"]
+    assert manifest["totals"]["videos"] == 1
+
+
+def test_a_training_set_lists_a_truncated_video_as_truncated(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    for name in ("a", "b"):
+        _avi(root / f"{name}.avi")
+    os.truncate(root / "b.avi", os.path.getsize(root / "b.avi") // 2)
+    manifest = _build(root, tmp_path / "train", "train")
+    assert len(manifest["skipped"]) == 1 and "b.avi" in manifest["skipped"][0]["input"]
+    assert manifest["skipped"][0]["reason"].startswith("truncated")
+
+
+def test_an_unreadable_frame_in_a_labelled_test_video_stops_the_build(tmp_path):
+    from helpers import frame_folders
+    from shards.writer import BuildError
+
+    root = frame_folders(tmp_path / "videos", [12, 12], labelled=True)
+    (root / "v1" / "0005.png").write_bytes(b"not a png")
+    with pytest.raises(BuildError, match="test video v1"):
+        _build(root, tmp_path / "test", "test")
+    assert not (tmp_path / "test" / "manifest.json").exists()
+
+
+def test_an_all_bad_build_exits_2_and_writes_no_manifest(tmp_path, capsys):
+    from shards.build import main
+
+    root = tmp_path / "videos" / "cls"
+    root.mkdir(parents=True)
+    (root / "a.avi").write_bytes(b"not a video")
+    (root / "b.mp4").write_bytes(b"\x00" * 100)
+    began = time.time()
+    code = main(["videofolder", "--root", str(tmp_path / "videos"), "--out", str(tmp_path / "out"),
+                 "--size", "32x32", "--quiet"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "no clips written: all 2 inputs were skipped" in line
+    assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("*.tar"))
+    assert time.time() - began < 10
