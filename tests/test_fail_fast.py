@@ -213,3 +213,43 @@ def test_an_all_bad_build_exits_2_and_writes_no_manifest(tmp_path, capsys):
     assert code == 2 and "no clips written: all 2 inputs were skipped" in line
     assert not (tmp_path / "out" / "manifest.json").exists() and not list((tmp_path / "out").glob("*.tar"))
     assert time.time() - began < 10
+
+
+# -- item 6: secrets in URLs and secret-named keys never persist or print -----------------------
+
+SECRET_URLS = ["train.s3_endpoint=http://alice:hunter22@store:9000",
+               "tracking.tracking_uri=http://bob:pa55word@mlflow:5000",
+               "train.storage_path=s3://carol:t0psecret@bucket/runs"]
+
+
+def test_userinfo_and_secret_keys_are_redacted_in_params_yaml_and_checkpoints(tmp_path):
+    from zxvad import checkpoint, tracking
+    from zxvad.step import build_state
+
+    cfg = tiny_config(*SECRET_URLS, "eval.targets={street: s, api_key: kv99}")
+    params = tracking.safe_params(cfg)
+    text = repr(params) + tracking.redacted_config(cfg).to_yaml()
+    for secret in ("hunter22", "pa55word", "t0psecret", "kv99"):
+        assert secret not in text
+    assert params["train.s3_endpoint"] == "http://***@store:9000" and params["eval.targets.street"] == "s"
+    assert cfg.train.s3_endpoint == "http://alice:hunter22@store:9000"  # the run keeps what it needs
+    state = build_state(cfg, "cpu")
+    folder = checkpoint.save(state, tmp_path / "ckpt")
+    saved = (folder / "config.yaml").read_text()
+    assert "hunter22" not in saved and "http://***@store:9000" in saved
+    restored, reread = checkpoint.read(folder)  # a redacted checkpoint still resumes
+    state.load_state_dict(restored)
+    assert reread.train.s3_endpoint == "http://***@store:9000"
+
+
+def test_printed_error_lines_hide_userinfo(tmp_path, capsys):
+    from zxvad import train
+
+    code = train.main(["--config", "demo", "--set", "tracking.tracking_uri=http://bob:pa55word@127.0.0.1:9",
+                       "--set", f"train.storage_path={tmp_path}", "--set", "eval.targets={}",
+                       "--set", f"data.train_shards={tmp_path / 'none'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pa55word" not in err
+    code = train.main(["--config", "demo", "--set", "train.lr_g=-1",
+                       "--set", "train.s3_endpoint=http://alice:hunter22@store:9000"])
+    assert code == 2 and "hunter22" not in capsys.readouterr().err

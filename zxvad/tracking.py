@@ -28,7 +28,8 @@ TRIAL_TAG = "zxvad.trial_id"
 SEED_TAG = "zxvad.seed"
 ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
 GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
-_SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential|session_key)", re.I)
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
                "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN")
 
@@ -52,14 +53,36 @@ def absolute_uri(uri: str) -> str:
 
 
 def redact(value: Any) -> Any:
-    """Replace any known secret value (from the environment) inside strings by '***'."""
+    """Replace the user:password of any URL and any known secret value (from the environment)
+    inside strings by '***'."""
     if not isinstance(value, str):
         return value
+    value = _URL_USERINFO.sub(r"\g<scheme>***@", value)
     for name in _SECRET_ENV:
         secret = os.environ.get(name)
         if secret and len(secret) >= 4 and secret in value:
             value = value.replace(secret, "***")
     return value
+
+
+def redacted_config(cfg: Config) -> Config:
+    """A copy of ``cfg`` fit to persist (checkpoints, MLflow): URL userinfo and known secrets
+    replaced, secret-named keys emptied. The run itself keeps the original in memory."""
+    import dataclasses
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(k, v) for k, v in value.items()}
+        if _SECRET_KEY.search(key) and isinstance(value, str):
+            return "***" if value else value
+        return redact(value)
+
+    sections = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        sections[f.name] = dataclasses.replace(section, **{
+            g.name: clean(g.name, getattr(section, g.name)) for g in dataclasses.fields(section)})
+    return dataclasses.replace(cfg, **sections)
 
 
 def safe_params(cfg: Config) -> dict[str, Any]:
@@ -70,7 +93,8 @@ def safe_params(cfg: Config) -> dict[str, Any]:
             continue
         if isinstance(value, dict):
             for sub, item in value.items():
-                params[f"{key}.{sub}"] = redact(str(item))
+                if not _SECRET_KEY.search(sub):
+                    params[f"{key}.{sub}"] = redact(str(item))
         else:
             params[key] = redact(value)
     return params
@@ -83,10 +107,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
             if reply.status >= 500:
-                raise TrackingError(f"MLflow server {uri} answered {reply.status}")
+                raise TrackingError(f"MLflow server {redact(uri)} answered {reply.status}")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingError(f"MLflow server {uri} is unreachable ({reason}); start it or set "
+        raise TrackingError(f"MLflow server {redact(uri)} is unreachable ({reason}); start it or set "
                             "tracking.on_unreachable=local to log to sqlite:///mlflow.db") from None
 
 
@@ -105,7 +129,7 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         if cfg.tracking.on_unreachable != "local":
             raise
         fallback = absolute_uri(DEFAULT_TRACKING_URI)
-        print(f"warning: MLflow at {uri} is unreachable; logging to {fallback} instead", flush=True)
+        print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
@@ -119,7 +143,7 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         keys = list(params)
         for start in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
             mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
-        mlflow.log_text(redact(cfg.to_yaml()), "config.yaml")
+        mlflow.log_text(redact(redacted_config(cfg).to_yaml()), "config.yaml")
         return uri, run.info.run_id
 
 

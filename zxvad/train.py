@@ -28,6 +28,7 @@ from zxvad import config as config_lib
 from zxvad.config import Config
 from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
+from zxvad.tracking import redact
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -364,8 +365,8 @@ def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id:
         except Exception as err:
             if attempt == cfg.train.max_failures or not is_storage_outage(err) or permanent_cause(err):
                 raise
-            print(f"warning: checkpoint store {cfg.train.storage_path} unreachable "
-                  f"({str(err).strip().splitlines()[-1][:160]}); resuming from the last checkpoint "
+            print(f"warning: checkpoint store {redact(cfg.train.storage_path)} unreachable "
+                  f"({redact(str(err).strip().splitlines()[-1][:160])}); resuming from the last checkpoint "
                   f"in {STORAGE_RETRY_WAIT_S:.0f} s (retry {attempt + 1}/{cfg.train.max_failures})",
                   file=sys.stderr, flush=True)
             time.sleep(STORAGE_RETRY_WAIT_S)
@@ -382,7 +383,7 @@ def summary(result, run_name: str, run_id: str, uri: str) -> str:
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint.path}")
     if run_id:
-        lines.append(f"MLflow run: {run_id} at {uri}")
+        lines.append(f"MLflow run: {run_id} at {redact(uri)}")
         if uri.startswith("sqlite:///"):
             lines.append(f"open it with: mlflow ui --backend-store-uri {uri}")
     return "\n".join(lines)
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
 
             uri, run_id = tracking.open_run(cfg, run_name)
     except (config_lib.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
 
     import ray
@@ -430,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=address or None, include_dashboard=False if not address else None,
                  logging_config=quiet)
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
-          f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {cfg.train.storage_path}", flush=True)
+          f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
     try:
         result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
@@ -438,9 +439,9 @@ def main(argv: list[str] | None = None) -> int:
             print("Ray's full log: /tmp/ray/session_latest/logs (or rerun with --verbose)", file=sys.stderr)
         permanent = permanent_cause(err)
         if permanent is not None:
-            print(f"error: training stopped, not retried: {permanent}", file=sys.stderr)
+            print(f"error: training stopped, not retried: {redact(str(permanent))}", file=sys.stderr)
             return 2
-        print(f"error: training failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        print(f"error: training failed: {redact(str(err).strip().splitlines()[-1])}", file=sys.stderr)
         return 1
     print(summary(result, run_name, run_id, uri))
     return 0
