@@ -253,3 +253,58 @@ def test_printed_error_lines_hide_userinfo(tmp_path, capsys):
     code = train.main(["--config", "demo", "--set", "train.lr_g=-1",
                        "--set", "train.s3_endpoint=http://alice:hunter22@store:9000"])
     assert code == 2 and "hunter22" not in capsys.readouterr().err
+
+
+# -- item 7: a failed or interrupted run is recorded as such; artifacts beside the sqlite file ----
+
+@pytest.mark.parametrize("raised, status, code", [(RuntimeError("node lost"), "FAILED", 1),
+                                                  (KeyboardInterrupt(), "KILLED", None)])
+def test_mlflow_status_of_a_run_that_does_not_finish(shard_set, tmp_path, monkeypatch, raised, status, code):
+    import mlflow
+    import ray
+
+    from zxvad import train
+    from zxvad.tracking import RUN_NAME_TAG
+
+    def fit(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)  # no cluster: the fit below never reaches one
+    monkeypatch.setattr(train, "fit_with_storage_retries", fit)
+    db = tmp_path / "db" / "mlflow.db"
+    db.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = _train_argv(shard_set, tmp_path, f"tracking.tracking_uri=sqlite:///{db}",
+                       "tracking.run_name=broken")[1:]
+    argv = [a for a in argv if a != "--no-mlflow"]
+    if code is None:
+        with pytest.raises(KeyboardInterrupt):
+            train.main(["--config", *argv])
+    else:
+        assert train.main(["--config", *argv]) == code
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("zxvad-demo")
+    run = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = 'broken'")[0]
+    assert run.info.status == status
+    assert experiment.artifact_location == (db.parent / "mlartifacts").as_uri()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
+    import mlflow
+
+    from tune import compare
+    from zxvad import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = tracking.experiment_id(uri, "exp")
+    for name, status, auc in (("good", "FINISHED", 0.9), ("bad", "FAILED", 0.99), ("cut", "KILLED", 0.98)):
+        run = client.create_run(experiment, run_name=name, tags={tracking.RUN_NAME_TAG: name})
+        client.log_param(run.info.run_id, "train.seed", name)
+        client.log_metric(run.info.run_id, "auc/street", auc)
+        client.set_terminated(run.info.run_id, status=status)
+    assert {r.info.run_name for r in compare.load_runs("exp", uri)} == {"good"}
+    assert {r.info.run_name for r in compare.load_runs("exp", uri, include_failed=True)} == {"good", "bad", "cut"}
+    assert compare.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "c")]) == 0
+    assert "99.00" not in capsys.readouterr().out

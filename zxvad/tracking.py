@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from zxvad import metrics as summary_metrics
 from zxvad.config import Config
@@ -132,7 +133,7 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment))
     found = mlflow.search_runs([experiment.experiment_id], output_format="list",
                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
     if found:
@@ -145,6 +146,47 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
             mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
         mlflow.log_text(redact(redacted_config(cfg).to_yaml()), "config.yaml")
         return uri, run.info.run_id
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """Beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
+    folder, wherever the command ran); None (the store's own default) otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created with :func:`default_artifact_root` if new (an
+    existing experiment keeps the artifact location it was made with)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_root(uri))
+
+
+@contextmanager
+def recorded_status(uri: str, run_id: str) -> Iterator[None]:
+    """The run is RUNNING inside the block, then FINISHED, KILLED (Ctrl-C) or FAILED."""
+    if not run_id:
+        yield
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def metric_name(key: str) -> str:
@@ -226,7 +268,8 @@ def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(sweep)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        sweep, artifact_location=default_artifact_root(uri))
     found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
     if found:
         return found[0].info.run_id
@@ -248,8 +291,12 @@ def log_sweep_result(uri: str, run_id: str, metric: str, value: float, files: li
         client.log_artifact(run_id, str(path))
 
 
-def training_runs(experiment: str, uri: str) -> list[Any]:
-    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run)."""
+UNSUCCESSFUL = ("FAILED", "KILLED")
+
+
+def training_runs(experiment: str, uri: str, include_failed: bool = False) -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run), without
+    the FAILED or KILLED ones unless ``include_failed``."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -262,10 +309,13 @@ def training_runs(experiment: str, uri: str) -> list[Any]:
     while True:
         page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
         runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
-                 and any(k.startswith("auc/") for k in r.data.metrics)]
+                 and any(k.startswith("auc/") for k in r.data.metrics)
+                 and (include_failed or r.info.status not in UNSUCCESSFUL)]
         token = page.token
         if not token:
             break
     if not runs:
-        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC metric")
+        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no "
+                            f"{'' if include_failed else 'successful '}run with an AUC metric"
+                            f"{'' if include_failed else ' (--include-failed shows failed ones)'}")
     return runs

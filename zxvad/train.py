@@ -432,8 +432,11 @@ def main(argv: list[str] | None = None) -> int:
                  logging_config=quiet)
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
           f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
+    from zxvad import tracking
+
     try:
-        result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
+        with tracking.recorded_status(uri, run_id):  # FAILED or KILLED when it does not finish
+            result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
         if not args.verbose:
             print("Ray's full log: /tmp/ray/session_latest/logs (or rerun with --verbose)", file=sys.stderr)
