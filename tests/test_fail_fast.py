@@ -308,3 +308,68 @@ def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
     assert {r.info.run_name for r in compare.load_runs("exp", uri, include_failed=True)} == {"good", "bad", "cut"}
     assert compare.main(["--experiment", "exp", "--tracking-uri", uri, "--out", str(tmp_path / "c")]) == 0
     assert "99.00" not in capsys.readouterr().out
+
+
+# -- items 2 and 8: a permanent worker error is not retried; Ray's own lines stay in its logs ----
+
+def test_permanent_worker_errors_stop_the_run_and_transient_ones_do_not():
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import ControllerError
+
+    from zxvad import train
+    from zxvad.data import ShardError
+
+    callback = train._stop_on_permanent_errors()
+    callback.after_exception(None, {0: UserExceptionWithTraceback(ConnectionError("node lost"), "tb")})
+    with pytest.raises(train.PermanentError, match="worker 1: ShardError: shard x.tar: bad"):
+        callback.after_exception(None, {0: UserExceptionWithTraceback(ConnectionError("peer"), "tb"),
+                                        1: UserExceptionWithTraceback(ShardError("shard x.tar: bad"), "tb")})
+    wrapped = ControllerError(train.PermanentError("worker 0: ValueError: Invalid learning rate"))
+    assert str(train.permanent_cause(wrapped)) == "worker 0: ValueError: Invalid learning rate"
+    assert train.permanent_cause(ControllerError(RuntimeError("x"))) is None
+
+
+def test_trainer_keeps_ray_internals_out_of_the_terminal(tmp_path):
+    from zxvad import train
+
+    cfg = tiny_config(f"train.storage_path={tmp_path}")
+    job = train.make_job(cfg, train.Inputs([], [], {}))
+    quiet = train.build_trainer(job, "run").run_config
+    assert quiet.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # no double lines
+    assert quiet.logging_config.log_level == "CRITICAL"
+    assert train.build_trainer(job, "run", verbose=True).run_config.logging_config.log_level == "INFO"
+    assert any(type(c).__name__ == "StopOnPermanentErrors" for c in quiet.callbacks)
+
+
+@pytest.mark.slow
+def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
+    """End to end on a local Ray: clips too short for T+1 fail in the worker, once, exit 2."""
+    env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    argv = _train_argv(shard_set, tmp_path, "model.frames=8", "model.image_size=32", "model.width=4",
+                       "model.memory_dim=32", "model.memory_items=8", "model.disc_width=4",
+                       "model.backbone_size=64", "train.batch_size=2", "train.num_workers=1",
+                       "train.max_failures=3", "data.shuffle_buffer=8")
+    proc = subprocess.run([sys.executable, "-m", "zxvad.train", *argv], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=900)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert last.startswith("error: training stopped, not retried: worker 0: ShardError") and "9" in last
+    assert "Failed to query Ray Train Controller actor state" not in proc.stderr  # a Ray warning
+    assert "Attempting to start training worker group" not in proc.stderr  # Train's INFO lines stay in its logs
+    assert "Error in training function" not in proc.stderr
+
+
+def test_detect_warns_when_a_file_ends_early(tmp_path, capsys):
+    from zxvad import detect
+
+    ckpt = write_checkpoint(tmp_path / "ckpt")
+    import av
+
+    video = _avi(tmp_path / "cam.avi")
+    with av.open(str(video)) as container:  # cut at a frame boundary: every frame left decodes
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    os.truncate(video, packets[14][0] + packets[14][1])
+    code = detect.main([str(video), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "warning: cam: the input ended after" in err and "of the 30 frames its header declares" in err
