@@ -308,6 +308,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     manifest = _manifest(header, state, listing_skipped)
     if manifest["totals"]["clips"] == 0:  # a manifest of nothing would pass for a shard set
         first = manifest["skipped"][0] if manifest["skipped"] else {"input": root, "reason": "no videos"}
+        sink.cleanup(prefix, set())  # nothing to resume: no work files left behind either
         raise BuildError(f"no clips written: all {manifest['totals']['skipped']} inputs were skipped "
                          f"(first: {first['input']}: {first['reason']})")
     sink.write_manifest(manifest)
