@@ -242,17 +242,13 @@ def test_userinfo_and_secret_keys_are_redacted_in_params_yaml_and_checkpoints(tm
     assert reread.train.s3_endpoint == "http://***@store:9000"
 
 
-def test_printed_error_lines_hide_userinfo(tmp_path, capsys):
+def test_printed_error_lines_hide_userinfo(shard_set, tmp_path, capsys):
     from zxvad import train
 
-    code = train.main(["--config", "demo", "--set", "tracking.tracking_uri=http://bob:pa55word@127.0.0.1:9",
-                       "--set", f"train.storage_path={tmp_path}", "--set", "eval.targets={}",
-                       "--set", f"data.train_shards={tmp_path / 'none'}"])
-    err = capsys.readouterr().err
-    assert code == 2 and "pa55word" not in err
-    code = train.main(["--config", "demo", "--set", "train.lr_g=-1",
-                       "--set", "train.s3_endpoint=http://alice:hunter22@store:9000"])
-    assert code == 2 and "hunter22" not in capsys.readouterr().err
+    argv = _train_argv(shard_set, tmp_path, "tracking.tracking_uri=http://bob:pa55word@127.0.0.1:9")
+    code = train.main([a for a in argv if a != "--no-mlflow"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "http://***@127.0.0.1:9" in line and "pa55word" not in line
 
 
 # -- item 7: a failed or interrupted run is recorded as such; artifacts beside the sqlite file ----
