@@ -72,11 +72,19 @@ def encode_video(task: tuple[Any, int, dict[str, Any]]) -> dict[str, Any]:
               "encode_seconds": 0.0}
     try:
         spans, n, fps, orig_size = _cut_and_encode(video, opt, result)
+        damage = _damage(result, n)
     except _FidelityError as e:  # a clip that does not decode to its frames is a codec fault
         result["error"] = f"{result['source']}: {e}"
         return result
     except Exception as e:  # noqa: BLE001 - any unreadable input is skipped with its reason
-        result["skipped"] = _one_line(e)
+        damage = _damage(result, None) or _one_line(e)
+    if damage:
+        if opt["split"] == "test" and video.labels is not None and not opt.get("skip_bad_test"):
+            # the benchmark's AUC needs every labelled video: dropping one silently changes it
+            result["error"] = (f"test video {video.video_id} ({result['source']}): {damage}; a test set "
+                               "keeps every labelled video (--skip-bad-test-videos lists it instead)")
+        else:
+            result["skipped"], result["clips"] = damage, []
         return result
     result["frames_decoded"] = n
     try:
@@ -92,6 +100,16 @@ def encode_video(task: tuple[Any, int, dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _damage(result: dict[str, Any], n: int | None) -> str:
+    """Why a video cannot be trusted whole (cut short, frames lost; ``n`` decoded), or ""."""
+    declared, missing = result.pop("declared", n), result.pop("missing", 0)
+    if missing:
+        return f"truncated: the file ends {missing} frames before the end its header declares"
+    if n is not None and n != declared:
+        return f"decoded {n} frames, but the container holds {declared}"
+    return ""
+
+
 class _FidelityError(Exception):
     """A clip whose encoded bytes do not decode to the frames that went in."""
 
@@ -104,6 +122,7 @@ def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple
     """
     clip_len, keep = opt["clip_len"], opt["overlap"] if opt["split"] == "test" else 0
     info = readers.probe(video)
+    result["declared"], result["missing"] = info.num_frames, info.missing
     fps = float(info.fps) if info.fps and info.fps > 0 else DEFAULT_FPS
     spans: list[tuple[int, int, bytes]] = []
     buffer: list = []
@@ -225,7 +244,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
           quality: str | None = None, fidelity_sample: float = FIDELITY_SAMPLE, fraction: float = 1.0,
           workers: int = 1, seed: int = 0, max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
           prefix: str | None = None, use_ray: bool = False, progress: bool = True, list_split: int = 1,
-          work_dir: str | Path | None = None) -> dict[str, Any]:
+          work_dir: str | Path | None = None, skip_bad_test_videos: bool = False) -> dict[str, Any]:
     """Shard a dataset split into ``out`` (a folder or ``s3://bucket/prefix``); resumable.
 
     Args:
@@ -250,6 +269,8 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
         progress: show a progress bar.
         list_split: the dataset's official split list where it has several (UCF101, HMDB51).
         work_dir: for S3 outputs, where the staging files and resume state live.
+        skip_bad_test_videos: list an unreadable, truncated or short-decoding labelled test video
+            as skipped instead of stopping the build.
 
     Returns:
         The manifest (as written to ``manifest.json``) plus ``"run"``: statistics of this run.
@@ -280,12 +301,17 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     writer = _BucketWriter(sink, state, tasks, split, seed, prefix, max_samples, max_bytes)
     opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap, "size": list(size),
            "codec": codec, "quality": quality, "fidelity_sample": fidelity_sample,
-           "always_check": tasks[0][0][0].video_id}
+           "always_check": tasks[0][0][0].video_id, "skip_bad_test": skip_bad_test_videos}
     _encode_all(writer, writer.work(opt), len(tasks), workers=workers, use_ray=use_ray, run=run,
                 bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
                          dynamic_ncols=True))
 
     manifest = _manifest(header, state, listing_skipped)
+    if manifest["totals"]["clips"] == 0:  # a manifest of nothing would pass for a shard set
+        first = manifest["skipped"][0] if manifest["skipped"] else {"input": root, "reason": "no videos"}
+        sink.cleanup(prefix, set())  # nothing to resume: no work files left behind either
+        raise BuildError(f"no clips written: all {manifest['totals']['skipped']} inputs were skipped "
+                         f"(first: {first['input']}: {first['reason']})")
     sink.write_manifest(manifest)
     sink.cleanup(prefix, {s["name"] for s in manifest["shards"]})
     run["seconds"] = time.time() - started
@@ -556,6 +582,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--list-split", type=int, default=1, help="official split list (UCF101, HMDB51)")
     p.add_argument("--work-dir", default=None, help="S3 outputs: local staging and resume state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--skip-bad-test-videos", action="store_true",
+                   help="test sets: list an unreadable or truncated labelled video as skipped instead of stopping")
     args = p.parse_args(argv)
     try:
         manifest = build(args.dataset, args.root, args.out, split=args.split, clip_len=args.clip_len,
@@ -563,7 +591,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                          quality=args.quality, fidelity_sample=args.fidelity_sample, fraction=args.fraction, workers=args.workers, seed=args.seed,
                          max_samples=args.max_samples, max_bytes=parse_bytes(args.max_bytes),
                          prefix=args.prefix, use_ray=args.ray, progress=not args.quiet,
-                         list_split=args.list_split, work_dir=args.work_dir)
+                         list_split=args.list_split, work_dir=args.work_dir,
+                         skip_bad_test_videos=args.skip_bad_test_videos)
     except (BuildError, readers.ReaderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -572,10 +601,6 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 130
     print(summary(manifest))
     print(f"wrote {args.out.rstrip('/')}/manifest.json")
-    if manifest["totals"]["clips"] == 0:
-        skipped = manifest["totals"]["skipped"]
-        print(f"error: no clips written ({skipped} inputs skipped, see above)", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -120,6 +120,7 @@ class VideoInfo(NamedTuple):
     fps: float
     height: int
     width: int
+    missing: int = 0  # frames the container's header declares but the file does not hold (cut short)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -155,16 +156,19 @@ def probe(video: Video) -> VideoInfo:
         return VideoInfo(len(video.source), video.fps or DEFAULT_FPS, height, width)
     with _open_video(video.source) as container:
         stream = container.streams.video[0]
-        packets = sum(1 for p in container.demux(stream) if p.size)
+        sizes = [p.size for p in container.demux(stream) if p.pts is not None or p.size]
+        packets = sum(1 for size in sizes if size)
         fps = float(stream.average_rate or stream.guessed_rate or 0) or video.fps or DEFAULT_FPS
         height, width = stream.codec_context.height, stream.codec_context.width
-    if packets and stream.frames in (0, packets) and height and width:
-        return VideoInfo(packets, fps, height, width)
+    # dropped frames still have (empty) packets; a file cut short has fewer packets than declared
+    missing = max(0, stream.frames - len(sizes)) if stream.frames else 0
+    if packets and (stream.frames in (0, packets) or missing) and height and width:
+        return VideoInfo(packets, fps, height, width, missing)
     count = 0
     for frame in read_frames(video):
         count += 1
         height, width = frame.shape[:2]
-    return VideoInfo(count, fps, height, width)
+    return VideoInfo(count, fps, height, width, missing)
 
 
 def check_labels(video: Video, num_frames: int) -> None:

@@ -90,12 +90,12 @@ class Table:
         return best.mean(column) - row.mean(column) < spread
 
 
-def load_runs(experiment: str, uri: str) -> list[Any]:
-    """The finished or stopped training runs of ``experiment`` that logged an AUC."""
+def load_runs(experiment: str, uri: str, include_failed: bool = False) -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (FAILED or KILLED ones only if asked)."""
     from zxvad import tracking
 
     try:
-        return tracking.training_runs(experiment, uri)
+        return tracking.training_runs(experiment, uri, include_failed)
     except tracking.TrackingError as err:
         raise CompareError(str(err)) from None
 
@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output folder (default: compare/EXPERIMENT)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="also show runs that ended FAILED or KILLED (left out by default)")
     args = parser.parse_args(argv)
 
     from zxvad.tracking import resolve_uri
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --tracking-uri {uri}: no such MLflow database", file=sys.stderr)
         return 2
     try:
-        table = build_table(args.experiment, load_runs(args.experiment, uri), args.by)
+        table = build_table(args.experiment, load_runs(args.experiment, uri, args.include_failed), args.by)
         if args.metric:
             rank(table, args.metric)
     except CompareError as err:

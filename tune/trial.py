@@ -70,7 +70,8 @@ def run_trial(config: dict, sweep: Sweep, variants: list, uri: str, storage_path
                                      tracking.SEED_TAG: str(seed)})
 
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
-    train.build_trainer(train.make_job(cfg, inputs, run_id, uri), run_name, callbacks=[report]).fit()
+    with tracking.recorded_status(uri, run_id):
+        train.build_trainer(train.make_job(cfg, inputs, run_id, uri), run_name, callbacks=[report]).fit()
 
 
 class Progress(ray.tune.Callback):

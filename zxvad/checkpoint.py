@@ -35,7 +35,9 @@ def save(state: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state.state_dict(), directory / STATE_FILE)
-    (directory / CONFIG_FILE).write_text(state.cfg.to_yaml())
+    from zxvad.tracking import redacted_config  # the file outlives the run: no secret goes in it
+
+    (directory / CONFIG_FILE).write_text(redacted_config(state.cfg).to_yaml())
     meta = {"version": VERSION, "step": int(state.step), "backbone": state.cfg.model.backbone,
             "backbone_seed": state.cfg.model.backbone_seed}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -8,6 +8,7 @@ is a :class:`ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
 SHRINKS = ("continuous", "hard")
 CRITIC_NORMS = ("batch", "instance", "none")
 ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
+# Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
+TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ConfigError(ValueError):
@@ -222,10 +225,22 @@ def _validate(cfg: Config) -> Config:
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
         ("loss.attention_scale", cfg.loss.attention_scale in ATTENTION_SCALES,
          f"must be one of {', '.join(ATTENTION_SCALES)}"),
+        ("model.disc_width", m.disc_width >= 1, "must be positive"),
+        ("model.backbone_seed", m.backbone_seed >= 0, "must be 0 or more"),
         ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
+        ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be at least 1"),
+        ("data.loader_threads", d.loader_threads >= 1, "must be at least 1"),
+        ("data.seed", d.seed >= 0, "must be 0 or more"),
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
         ("train.steps", t.steps >= 1, "must be at least 1"),
+        ("train.lr_g", t.lr_g > 0, "must be positive"),
+        ("train.lr_d", t.lr_d > 0, "must be positive"),
+        ("train.lr_n", t.lr_n > 0, "must be positive"),
+        ("train.beta1", 0 <= t.beta1 < 1, "must lie in [0, 1)"),
+        ("train.beta2", 0 <= t.beta2 < 1, "must lie in [0, 1)"),
+        ("train.seed", t.seed >= 0, "must be 0 or more"),
+        ("train.log_every", t.log_every >= 1, "must be at least 1"),
         ("train.num_workers", t.num_workers >= 1, "must be at least 1"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
@@ -234,6 +249,7 @@ def _validate(cfg: Config) -> Config:
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
         ("eval.patch_size", 0 <= e.patch_size <= m.image_size,
          "must be 0 (off) or a tile side of at most model.image_size"),
+        ("eval.top_frames", e.top_frames >= 0, "must be 0 or more"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]
@@ -241,12 +257,24 @@ def _validate(cfg: Config) -> Config:
         if isinstance(value, str):
             continue  # loss.attention_scale, checked above
         checks.append((f"loss.{name}", value >= 0, "must be 0 or more"))
+    checks += [("loss.arcface_margin", cfg.loss.arcface_margin < 90, "must lie in [0, 90) degrees"),
+               ("loss.arcface_scale", cfg.loss.arcface_scale > 0, "must be positive")]
     for key, ok, why in checks:
         if not ok:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
             raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+    for name in e.targets:
+        check_target_name(name, f"config key 'eval.targets.{name}'")
     return cfg
+
+
+def check_target_name(name: str, where: str) -> str:
+    """A target name safe as a file name and metric key; ConfigError naming ``where`` otherwise."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: target name {name!r} must be 1-64 letters, digits, '_', '-' "
+                          "or '.', starting with a letter or digit")
+    return name
 
 
 def from_dict(raw: dict[str, Any] | None, base: Config | None = None) -> Config:

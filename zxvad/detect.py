@@ -231,6 +231,9 @@ class _VideoPass:
             stopped = True
         self.flush()
         self.bar.close()
+        if not stopped and self.source.total and decoded < self.source.total:  # cut short or dropped frames
+            print(f"warning: {self.name}: the input ended after {decoded} of the {self.source.total} "
+                  "frames its header declares (a truncated file?)", file=sys.stderr)
         return decoded, stopped
 
     def feed(self, frame) -> None:

@@ -297,6 +297,10 @@ class EnergyMeter:
 def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frames: int,
                  figures: dict | None = None, plots: bool = True) -> list[Path]:
     """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
+    from zxvad.config import check_target_name
+
+    for name in results:  # before any file: a name like "../x" would write outside out_dir
+        check_target_name(name, f"target '{name}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"frames_T": frames, "mean_auc": metrics.mean_auc(results),
@@ -337,12 +341,14 @@ def storage_lines(targets: dict[str, str]) -> tuple[list[str], list[str]]:
 
 def parse_targets(items: list[str]) -> dict[str, str]:
     """``["ped2=shards/ped2", ...]`` -> ``{"ped2": "shards/ped2"}``; one clear error otherwise."""
+    from zxvad.config import check_target_name
+
     targets = {}
     for item in items:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise ValueError(f"--target '{item}': expected NAME=SHARDS, e.g. ped2=shards/ped2-test")
-        targets[name] = spec
+        targets[check_target_name(name, f"--target '{item}'")] = spec
     return targets
 
 
@@ -362,14 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         from zxvad.checkpoint import load_generator
-        from zxvad.data import resolve_shards
+        from zxvad.data import verify_shard_set
 
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         G, cfg = load_generator(args.checkpoint, device)
         targets = parse_targets(args.target) or dict(cfg.eval.targets)
         if not targets:
             raise ValueError("no --target given and the checkpoint's config names none")
-        resolved = {name: resolve_shards(spec) for name, spec in targets.items()}
+        resolved = {name: verify_shard_set(spec) for name, spec in targets.items()}
         stored, warnings = storage_lines(targets)
         print("\n".join(stored))
         for warning in warnings:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import contextmanager
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from zxvad import metrics as summary_metrics
 from zxvad.config import Config
@@ -28,7 +29,8 @@ TRIAL_TAG = "zxvad.trial_id"
 SEED_TAG = "zxvad.seed"
 ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
 GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
-_SECRET_KEY = re.compile(r"(secret|password|token|access_key|credential|session_key)", re.I)
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
                "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN")
 
@@ -52,14 +54,36 @@ def absolute_uri(uri: str) -> str:
 
 
 def redact(value: Any) -> Any:
-    """Replace any known secret value (from the environment) inside strings by '***'."""
+    """Replace the user:password of any URL and any known secret value (from the environment)
+    inside strings by '***'."""
     if not isinstance(value, str):
         return value
+    value = _URL_USERINFO.sub(r"\g<scheme>***@", value)
     for name in _SECRET_ENV:
         secret = os.environ.get(name)
         if secret and len(secret) >= 4 and secret in value:
             value = value.replace(secret, "***")
     return value
+
+
+def redacted_config(cfg: Config) -> Config:
+    """A copy of ``cfg`` fit to persist (checkpoints, MLflow): URL userinfo and known secrets
+    replaced, secret-named keys emptied. The run itself keeps the original in memory."""
+    import dataclasses
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(k, v) for k, v in value.items()}
+        if _SECRET_KEY.search(key) and isinstance(value, str):
+            return "***" if value else value
+        return redact(value)
+
+    sections = {}
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        sections[f.name] = dataclasses.replace(section, **{
+            g.name: clean(g.name, getattr(section, g.name)) for g in dataclasses.fields(section)})
+    return dataclasses.replace(cfg, **sections)
 
 
 def safe_params(cfg: Config) -> dict[str, Any]:
@@ -70,7 +94,8 @@ def safe_params(cfg: Config) -> dict[str, Any]:
             continue
         if isinstance(value, dict):
             for sub, item in value.items():
-                params[f"{key}.{sub}"] = redact(str(item))
+                if not _SECRET_KEY.search(sub):
+                    params[f"{key}.{sub}"] = redact(str(item))
         else:
             params[key] = redact(value)
     return params
@@ -83,10 +108,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
             if reply.status >= 500:
-                raise TrackingError(f"MLflow server {uri} answered {reply.status}")
+                raise TrackingError(f"MLflow server {redact(uri)} answered {reply.status}")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingError(f"MLflow server {uri} is unreachable ({reason}); start it or set "
+        raise TrackingError(f"MLflow server {redact(uri)} is unreachable ({reason}); start it or set "
                             "tracking.on_unreachable=local to log to sqlite:///mlflow.db") from None
 
 
@@ -105,10 +130,10 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         if cfg.tracking.on_unreachable != "local":
             raise
         fallback = absolute_uri(DEFAULT_TRACKING_URI)
-        print(f"warning: MLflow at {uri} is unreachable; logging to {fallback} instead", flush=True)
+        print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment))
     found = mlflow.search_runs([experiment.experiment_id], output_format="list",
                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
     if found:
@@ -119,8 +144,49 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
         keys = list(params)
         for start in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
             mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
-        mlflow.log_text(redact(cfg.to_yaml()), "config.yaml")
+        mlflow.log_text(redact(redacted_config(cfg).to_yaml()), "config.yaml")
         return uri, run.info.run_id
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """Beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
+    folder, wherever the command ran); None (the store's own default) otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created with :func:`default_artifact_root` if new (an
+    existing experiment keeps the artifact location it was made with)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_root(uri))
+
+
+@contextmanager
+def recorded_status(uri: str, run_id: str) -> Iterator[None]:
+    """The run is RUNNING inside the block, then FINISHED, KILLED (Ctrl-C) or FAILED."""
+    if not run_id:
+        yield
+        return
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def metric_name(key: str) -> str:
@@ -202,7 +268,8 @@ def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(sweep)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(sweep)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        sweep, artifact_location=default_artifact_root(uri))
     found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
     if found:
         return found[0].info.run_id
@@ -224,8 +291,12 @@ def log_sweep_result(uri: str, run_id: str, metric: str, value: float, files: li
         client.log_artifact(run_id, str(path))
 
 
-def training_runs(experiment: str, uri: str) -> list[Any]:
-    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run)."""
+UNSUCCESSFUL = ("FAILED", "KILLED")
+
+
+def training_runs(experiment: str, uri: str, include_failed: bool = False) -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run), without
+    the FAILED or KILLED ones unless ``include_failed``."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -238,10 +309,13 @@ def training_runs(experiment: str, uri: str) -> list[Any]:
     while True:
         page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
         runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
-                 and any(k.startswith("auc/") for k in r.data.metrics)]
+                 and any(k.startswith("auc/") for k in r.data.metrics)
+                 and (include_failed or r.info.status not in UNSUCCESSFUL)]
         token = page.token
         if not token:
             break
     if not runs:
-        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC metric")
+        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no "
+                            f"{'' if include_failed else 'successful '}run with an AUC metric"
+                            f"{'' if include_failed else ' (--include-failed shows failed ones)'}")
     return runs

@@ -28,6 +28,7 @@ from zxvad import config as config_lib
 from zxvad.config import Config
 from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
+from zxvad.tracking import redact
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -43,16 +44,20 @@ class Inputs:
     targets: dict[str, list[str]]
 
 
-def resolve_inputs(cfg: Config) -> Inputs:
-    """Every shard path of the config resolved (fraction applied); one clear error otherwise."""
-    from zxvad.data import resolve_shards
+def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
+    """Every shard set of the config resolved (fraction applied) and checked against its manifest
+    (sizes and index offsets; every sha256 too with ``verify_hash``); one clear error otherwise."""
+    from zxvad.data import verify_shard_set
+
+    def resolve(spec: str, fraction: float = 1.0) -> list[str]:
+        return verify_shard_set(spec, fraction, full_hash=verify_hash)
 
     if not cfg.data.train_shards:
         raise ValueError("config key 'data.train_shards' is empty: name G's training shards "
                          "(a folder with manifest.json or an s3:// prefix)")
-    train = resolve_shards(cfg.data.train_shards, cfg.data.fraction)
-    donors = resolve_shards(cfg.data.donor_shards) if cfg.data.donor_shards else train
-    targets = {name: resolve_shards(spec) for name, spec in cfg.eval.targets.items()}
+    train = resolve(cfg.data.train_shards, cfg.data.fraction)
+    donors = resolve(cfg.data.donor_shards) if cfg.data.donor_shards else train
+    targets = {name: resolve(spec) for name, spec in cfg.eval.targets.items()}
     return Inputs(train, donors, targets)
 
 
@@ -263,14 +268,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ----------------------------------------------------------------------------- on the driver
 
 
-def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None):
-    """The Ray Train V2 TorchTrainer for this job (``callbacks``: e.g. Tune's reporter)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, verbose: bool = False):
+    """The Ray Train V2 TorchTrainer for this job (``callbacks``: e.g. Tune's reporter).
+
+    Unless ``verbose``, Ray Train's own log lines stay in its log files (logs/train of the Ray
+    session), out of the terminal; the driver prints the root cause of a failure itself.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = job.cfg
     path, filesystem = storage(cfg)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # the patch logs each print besides printing it: twice
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -281,10 +291,47 @@ def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None):
             name=run_name, storage_path=path, storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            worker_runtime_env={"env_vars": env} if env else None,
-            callbacks=callbacks or None,
+            worker_runtime_env={"env_vars": env},
+            logging_config=LoggingConfig(log_level="INFO" if verbose else "CRITICAL"),
+            callbacks=[_stop_on_permanent_errors(), *(callbacks or [])],
         ),
     )
+
+
+# Errors no retry can fix: bad data or config (ShardError, ConfigError, CheckpointError and torch's
+# own argument checks are ValueErrors). Anything else (a lost node, a storage outage) is retried.
+PERMANENT_ERRORS = (ValueError,)
+
+
+class PermanentError(RuntimeError):
+    """A worker failed on bad input: the run stops at once (no retry) and the driver exits 2."""
+
+
+def _stop_on_permanent_errors():
+    """A Ray Train callback that turns a worker's permanent error into a controller error, which
+    Ray Train's failure policy never retries (``FailureConfig.max_failures`` counts the rest)."""
+    from ray.train import UserCallback
+
+    class StopOnPermanentErrors(UserCallback):
+        def after_exception(self, run_context, worker_exceptions):
+            for rank, error in sorted(worker_exceptions.items()):
+                cause = getattr(error, "_base_exc", error)  # Ray wraps it with its traceback text
+                if isinstance(cause, PERMANENT_ERRORS):
+                    first = (str(cause).strip().splitlines() or [""])[0]
+                    raise PermanentError(f"worker {rank}: {type(cause).__name__}: {first}")
+
+    return StopOnPermanentErrors()
+
+
+def permanent_cause(error: BaseException | None) -> PermanentError | None:
+    """The :class:`PermanentError` inside what ``fit`` raised, if there is one."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, PermanentError):
+            return error
+        seen.add(id(error))
+        error = getattr(error, "controller_failure", None) or error.__cause__
+    return None
 
 
 def make_job(cfg: Config, inputs: Inputs, run_id: str = "", uri: str = "") -> TrainJob:
@@ -306,7 +353,7 @@ def is_storage_outage(error: BaseException) -> bool:
 
 
 def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id: str, uri: str,
-                             callbacks: list | None = None):
+                             callbacks: list | None = None, verbose: bool = False):
     """``TorchTrainer.fit`` again from the last checkpoint when the checkpoint store was out.
 
     Worker failures are Ray Train's (``FailureConfig``); this covers the controller's own writes
@@ -315,12 +362,12 @@ def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id:
     job = make_job(cfg, inputs, run_id, uri)
     for attempt in range(cfg.train.max_failures + 1):
         try:
-            return build_trainer(job, run_name, callbacks).fit()
+            return build_trainer(job, run_name, callbacks, verbose).fit()
         except Exception as err:
-            if attempt == cfg.train.max_failures or not is_storage_outage(err):
+            if attempt == cfg.train.max_failures or not is_storage_outage(err) or permanent_cause(err):
                 raise
-            print(f"warning: checkpoint store {cfg.train.storage_path} unreachable "
-                  f"({str(err).strip().splitlines()[-1][:160]}); resuming from the last checkpoint "
+            print(f"warning: checkpoint store {redact(cfg.train.storage_path)} unreachable "
+                  f"({redact(str(err).strip().splitlines()[-1][:160])}); resuming from the last checkpoint "
                   f"in {STORAGE_RETRY_WAIT_S:.0f} s (retry {attempt + 1}/{cfg.train.max_failures})",
                   file=sys.stderr, flush=True)
             time.sleep(STORAGE_RETRY_WAIT_S)
@@ -337,7 +384,7 @@ def summary(result, run_name: str, run_id: str, uri: str) -> str:
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint.path}")
     if run_id:
-        lines.append(f"MLflow run: {run_id} at {uri}")
+        lines.append(f"MLflow run: {run_id} at {redact(uri)}")
         if uri.startswith("sqlite:///"):
             lines.append(f"open it with: mlflow ui --backend-store-uri {uri}")
     return "\n".join(lines)
@@ -350,9 +397,13 @@ def prepare(argv: list[str] | None = None):
     parser.add_argument("--fresh", action="store_true",
                         help="start a new run even if one with the same name has checkpoints")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's own log lines (they are always in /tmp/ray/session_latest/logs)")
+    parser.add_argument("--verify-shards", action="store_true",
+                        help="also compare every shard's sha256 with its manifest (reads every byte)")
     args = parser.parse_args(argv)
     cfg = config_lib.load(args.config, args.overrides)
-    inputs = resolve_inputs(cfg)
+    inputs = resolve_inputs(cfg, verify_hash=args.verify_shards)
     check_storage(cfg)
     name = default_run_name(cfg)
     if args.fresh:
@@ -369,20 +420,32 @@ def main(argv: list[str] | None = None) -> int:
 
             uri, run_id = tracking.open_run(cfg, run_name)
     except (config_lib.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
 
     import ray
 
     address = os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():  # a test or notebook may have started Ray already
-        ray.init(address=address or None, include_dashboard=False if not address else None)
+        # Ray's warnings (e.g. PlacementGroupCleaner's, with no dashboard) only with --verbose
+        quiet = None if args.verbose else ray.LoggingConfig(log_level="ERROR")
+        ray.init(address=address or None, include_dashboard=False if not address else None,
+                 logging_config=quiet)
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
-          f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {cfg.train.storage_path}", flush=True)
+          f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
+    from zxvad import tracking
+
     try:
-        result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri)
+        with tracking.recorded_status(uri, run_id):  # FAILED or KILLED when it does not finish
+            result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
-        print(f"error: training failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+        if not args.verbose:
+            print("Ray's full log: /tmp/ray/session_latest/logs (or rerun with --verbose)", file=sys.stderr)
+        permanent = permanent_cause(err)
+        if permanent is not None:
+            print(f"error: training stopped, not retried: {redact(str(permanent))}", file=sys.stderr)
+            return 2
+        print(f"error: training failed: {redact(str(err).strip().splitlines()[-1])}", file=sys.stderr)
         return 1
     print(summary(result, run_name, run_id, uri))
     return 0
