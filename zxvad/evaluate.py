@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -78,7 +79,8 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
                     progress: bool = True) -> TargetResult:
     """Score every scorable frame of one target set with G and with the trivial baselines.
 
-    The baselines predict from the very windows G sees, in the same pass (no second decode).
+    Windows are batched across clips and videos, so G runs at ``batch_size`` (the last batch may
+    be short). The baselines predict from the very windows G sees, in the same pass.
     """
     from tqdm import tqdm
 
@@ -91,15 +93,12 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
     scored, compute = 0, 0.0
     bar = tqdm(desc=f"evaluate {name}", unit="frame", disable=not progress, leave=False)
     try:
-        for clip in EvalLoader(shards, size=(size, size), device=device):
-            acc = videos.get(clip.video_id)
-            if acc is None:
-                acc = videos[clip.video_id] = _VideoAccumulator(
-                    clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
-            count, seconds = _score_clip(G, clip, acc, frames=frames, device=device,
-                                         batch_size=batch_size, top_frames=top_frames)
-            scored, compute = scored + count, compute + seconds
-            bar.update(count)
+        clips = EvalLoader(shards, size=(size, size), device=device)
+        for batch, owners in _window_batches(clips, videos, frames=frames, batch_size=batch_size):
+            compute += _score_batch(G, batch.to(device), owners, frames=frames, device=device,
+                                    top_frames=top_frames)
+            scored += len(owners)
+            bar.update(len(owners))
     finally:
         bar.close()
         G.train(was_training)
@@ -112,33 +111,61 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
     return TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
 
 
-def _score_clip(G: torch.nn.Module, clip, acc: _VideoAccumulator, *, frames: int,
-                device: torch.device, batch_size: int, top_frames: int) -> tuple[int, float]:
-    """PSNR of G and of each baseline for every window of one clip; returns (windows, G seconds)."""
-    from zxvad.data import prediction_windows
-
+def _accumulator(videos: dict[str, _VideoAccumulator], clip) -> _VideoAccumulator:
+    """The clip's video (made on its first clip), with the clip's labels recorded."""
+    acc = videos.get(clip.video_id)
+    if acc is None:
+        acc = videos[clip.video_id] = _VideoAccumulator(
+            clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
     labels = clip.labels.cpu().numpy().astype(np.int64)
     acc.labels[clip.first_frame:clip.first_frame + len(labels)] = labels
-    windows, index, _ = prediction_windows(clip, frames)
-    compute = 0.0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size].to(device)
-        inputs, target = batch[:, :frames], batch[:, frames]
-        began = time.perf_counter()
-        prediction = G(inputs).prediction
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute += time.perf_counter() - began
-        values = scoring.psnr(prediction, target).cpu().tolist()
-        baselines = {b: scoring.psnr(p, target).cpu().tolist()
-                     for b, p in scoring.baseline_predictions(inputs).items()}
-        for j, value in enumerate(values):
-            frame_index = int(index[start + j])
-            acc.psnr[frame_index] = value
-            for b, psnrs in baselines.items():
-                acc.baseline_psnr[b][frame_index] = psnrs[j]
-            acc.keep_worst(value, frame_index, lambda: _images(prediction[j], target[j]), top_frames)
-    return len(windows), compute
+    return acc
+
+
+def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int, batch_size: int
+                    ) -> Iterator[tuple[torch.Tensor, list[tuple[_VideoAccumulator, int]]]]:
+    """Prediction windows of consecutive clips (of any videos) in batches of ``batch_size``.
+
+    Yields ``(windows (B, T+1, 3, H, W), owners)``: each window's video and absolute frame index.
+    Only the last batch may be short.
+    """
+    from zxvad.data import prediction_windows
+
+    pending, owners = [], []
+    for clip in clips:
+        acc = _accumulator(videos, clip)
+        windows, index, _ = prediction_windows(clip, frames)
+        index, start = index.tolist(), 0
+        while start < len(index):
+            take = min(batch_size - len(owners), len(index) - start)
+            pending.append(windows[start:start + take])
+            owners += [(acc, i) for i in index[start:start + take]]
+            start += take
+            if len(owners) == batch_size:
+                yield torch.cat(pending), owners
+                pending, owners = [], []
+    if owners:
+        yield torch.cat(pending), owners
+
+
+def _score_batch(G: torch.nn.Module, batch: torch.Tensor, owners: list[tuple[_VideoAccumulator, int]],
+                 *, frames: int, device: torch.device, top_frames: int) -> float:
+    """PSNR of G and of each baseline for a batch of windows, kept per video; returns G's seconds."""
+    inputs, target = batch[:, :frames], batch[:, frames]
+    began = time.perf_counter()
+    prediction = G(inputs).prediction
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    compute = time.perf_counter() - began
+    values = scoring.psnr(prediction, target).cpu().tolist()
+    baselines = {b: scoring.psnr(p, target).cpu().tolist()
+                 for b, p in scoring.baseline_predictions(inputs).items()}
+    for j, ((acc, frame_index), value) in enumerate(zip(owners, values)):
+        acc.psnr[frame_index] = value
+        for b, psnrs in baselines.items():
+            acc.baseline_psnr[b][frame_index] = psnrs[j]
+        acc.keep_worst(value, frame_index, lambda: _images(prediction[j], target[j]), top_frames)
+    return compute
 
 
 def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
