@@ -208,7 +208,7 @@ def _per_clip_reference(G, clips, T: int):
     return psnr, labels, predictions
 
 
-def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch):
+def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_thread):
     import zxvad.data
     from tests.helpers import tiny_config, tiny_generator
     from zxvad import scoring
