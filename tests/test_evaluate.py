@@ -205,7 +205,7 @@ def _per_clip_reference(G, clips, T: int):
                 for i, value in zip(index.tolist(), scoring.psnr(out, target).tolist()):
                     psnr[p].setdefault(clip.video_id, {})[i] = value
             predictions.update({(clip.video_id, i): outputs["G"][j] for j, i in enumerate(index.tolist())})
-    return psnr, labels, predictions
+    return psnr, {vid: [d[i] for i in range(len(d))] for vid, d in labels.items()}, predictions
 
 
 def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_thread):
@@ -230,15 +230,14 @@ def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_threa
         vid = video["video_id"]
         assert video["frame_index"] == sorted(psnr["G"][vid]) == list(range(T, len(labels[vid])))
         assert video["psnr"] == pytest.approx([psnr["G"][vid][i] for i in video["frame_index"]], abs=1e-4)
-        assert video["labels_all"] == [labels[vid][i] for i in range(len(labels[vid]))]
+        assert video["labels_all"] == labels[vid]
         for b in scoring.BASELINES:
             assert video["baseline_psnr"][b] == [psnr[b][vid][i] for i in video["frame_index"]]
 
     def reference_auc(p):
-        return scoring.frame_auc([scoring.VideoResult(vid, np.array([v[i] for i in sorted(v)]),
-                                                      np.array([labels[vid][i] for i in range(len(labels[vid]))],
-                                                               dtype=np.uint8))
-                                  for vid, v in psnr[p].items()], T)
+        videos = [scoring.VideoResult(vid, np.array([v[i] for i in sorted(v)]),
+                                      np.array(labels[vid], dtype=np.uint8)) for vid, v in psnr[p].items()]
+        return scoring.frame_auc(videos, T)
 
     assert result.auc == pytest.approx(reference_auc("G"), abs=1e-9)
     assert result.baseline_aucs == pytest.approx({b: reference_auc(b) for b in scoring.BASELINES}, abs=1e-9)

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                              "default: the targets in the checkpoint's config")
     parser.add_argument("--out", default="eval-out", help="folder for results.json and plots")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="windows per G call, gathered across clips and videos (default: eval.batch_size)")
+                        help="windows per G call, across clips and videos (default: eval.batch_size)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--mlflow-run", default=None, metavar="RUN_ID",
