@@ -252,3 +252,12 @@ def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_threa
     for t in result.top:
         reference = ((predictions[(t["video_id"], t["frame_index"])].clamp(-1, 1) + 1) / 2).permute(1, 2, 0)
         np.testing.assert_allclose(t["prediction"], reference.numpy(), atol=1e-5)
+
+
+def test_batch_size_below_one_is_one_clear_error(monkeypatch):
+    import zxvad.data
+
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    with pytest.raises(ValueError, match=r"batch size -1 \(--batch-size, eval.batch_size\): expected at least 1"):
+        evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+                                 device=torch.device("cpu"), batch_size=-1, progress=False)

@@ -131,6 +131,8 @@ def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int,
     """
     from zxvad.data import prediction_windows
 
+    if batch_size < 1:  # a batch that never fills would loop forever
+        raise ValueError(f"batch size {batch_size} (--batch-size, eval.batch_size): expected at least 1")
     pending, owners = [], []
     for clip in clips:
         acc = _accumulator(videos, clip)
@@ -367,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(stored))
         for warning in warnings:
             print(warning, file=sys.stderr)
+        batch_size = cfg.eval.batch_size if args.batch_size is None else args.batch_size
         with EnergyMeter(device) as meter:
             results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
-                                       device=device, batch_size=args.batch_size or cfg.eval.batch_size,
+                                       device=device, batch_size=batch_size,
                                        top_frames=cfg.eval.top_frames)
         figures = efficiency(G, cfg, results, meter.joules)
         files = write_report(results, args.out, frames=cfg.model.frames, figures=figures,
