@@ -176,3 +176,117 @@ def test_worst_tile_score_in_the_same_pass_beside_the_papers(monkeypatch, tmp_pa
     off = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
                                    device=torch.device("cpu"), batch_size=3, progress=False)
     assert off.patch_auc is None and "auc_patch/tiny" not in metrics.flat({"tiny": off})
+
+
+class BatchCounter(torch.nn.Module):
+    """Wraps G and records the batch size of every call."""
+
+    def __init__(self, G):
+        super().__init__()
+        self.G, self.sizes = G, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.G(x)
+
+
+def _cut(vid: str, frames: torch.Tensor, labels: torch.Tensor, clip_len: int, overlap: int):
+    """One video cut into clips of ``clip_len`` that overlap by ``overlap`` frames (the last may be short)."""
+    first, clips = 0, []
+    while True:
+        stop = min(first + clip_len, len(frames))
+        clips.append(EvalClip(vid, first, frames[first:stop], labels[first:stop], len(frames),
+                              stop == len(frames)))
+        if stop == len(frames):
+            return clips
+        first = stop - overlap
+
+
+def _labelled_clips(T: int, size: int):
+    """Three videos (13, 10, 8 frames) in clips of 7: 3, 3, 3 | 3, 3 | 3, 1 windows per clip."""
+    gen = torch.Generator().manual_seed(1)
+    clips = []
+    for vid, length in (("v0", 13), ("v1", 10), ("v2", 8)):
+        frames = torch.rand(length, 3, size, size, generator=gen) * 2 - 1
+        labels = torch.zeros(length, dtype=torch.uint8)
+        labels[length // 2:length // 2 + 2] = 1
+        clips += _cut(vid, frames, labels, clip_len=7, overlap=T)
+    return clips
+
+
+def _per_clip_reference(G, clips, T: int):
+    """Scores as evaluation computed them before cross-clip batching: one G call per clip."""
+    from zxvad import scoring
+    from zxvad.data import prediction_windows
+
+    psnr = {p: {} for p in ("G", *scoring.BASELINES)}
+    labels, predictions = {}, {}
+    with torch.no_grad():
+        for clip in clips:
+            labels.setdefault(clip.video_id, {}).update(
+                zip(range(clip.first_frame, clip.first_frame + len(clip.labels)), clip.labels.tolist()))
+            windows, index, _ = prediction_windows(clip, T)
+            if not len(windows):
+                continue
+            inputs, target = windows[:, :T], windows[:, T]
+            outputs = {"G": G(inputs).prediction, **scoring.baseline_predictions(inputs)}
+            for p, out in outputs.items():
+                for i, value in zip(index.tolist(), scoring.psnr(out, target).tolist()):
+                    psnr[p].setdefault(clip.video_id, {})[i] = value
+            predictions.update({(clip.video_id, i): outputs["G"][j] for j, i in enumerate(index.tolist())})
+    return psnr, {vid: [d[i] for i in range(len(d))] for vid, d in labels.items()}, predictions
+
+
+def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_thread):
+    import zxvad.data
+    from tests.helpers import tiny_config, tiny_generator
+    from zxvad import scoring
+
+    cfg = tiny_config()
+    T, size = cfg.model.frames, cfg.model.image_size
+    G = tiny_generator(cfg).eval()
+    clips = _labelled_clips(T, size)
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: iter(clips))
+    counted = BatchCounter(G)
+    result = evaluate.evaluate_target(counted, "tiny", ["unused.tar"], frames=T, size=size,
+                                      device=torch.device("cpu"), batch_size=4, top_frames=3,
+                                      progress=False)
+    assert counted.sizes == [4, 4, 4, 4, 3]  # 19 windows; per clip it would be 3, 3, 3, 3, 3, 3, 1
+
+    psnr, labels, predictions = _per_clip_reference(G, clips, T)
+    assert [v["video_id"] for v in result.videos] == ["v0", "v1", "v2"] and result.frames == 19
+    for video in result.videos:
+        vid = video["video_id"]
+        assert video["frame_index"] == sorted(psnr["G"][vid]) == list(range(T, len(labels[vid])))
+        assert video["psnr"] == pytest.approx([psnr["G"][vid][i] for i in video["frame_index"]], abs=1e-4)
+        assert video["labels_all"] == labels[vid]
+        for b in scoring.BASELINES:
+            assert video["baseline_psnr"][b] == [psnr[b][vid][i] for i in video["frame_index"]]
+
+    def reference_auc(p):
+        videos = [scoring.VideoResult(vid, np.array([v[i] for i in sorted(v)]),
+                                      np.array(labels[vid], dtype=np.uint8)) for vid, v in psnr[p].items()]
+        return scoring.frame_auc(videos, T)
+
+    assert result.auc == pytest.approx(reference_auc("G"), abs=1e-9)
+    assert result.baseline_aucs == pytest.approx({b: reference_auc(b) for b in scoring.BASELINES}, abs=1e-9)
+
+    # difference maps: the 3 highest-scoring frames of the target, with G's prediction for them
+    scored = []
+    for vid, values in psnr["G"].items():
+        low, high = min(values.values()), max(values.values())
+        scored += [(-(1 - (v - low) / (high - low)), v, vid, i) for i, v in values.items()]
+    expected = [(vid, i) for _, _, vid, i in sorted(scored)[:3]]
+    assert [(t["video_id"], t["frame_index"]) for t in result.top] == expected
+    for t in result.top:
+        reference = ((predictions[(t["video_id"], t["frame_index"])].clamp(-1, 1) + 1) / 2).permute(1, 2, 0)
+        np.testing.assert_allclose(t["prediction"], reference.numpy(), atol=1e-5)
+
+
+def test_batch_size_below_one_is_one_clear_error(monkeypatch):
+    import zxvad.data
+
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    with pytest.raises(ValueError, match=r"batch size -1 \(--batch-size, eval.batch_size\): expected at least 1"):
+        evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+                                 device=torch.device("cpu"), batch_size=-1, progress=False)

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
                     progress: bool = True, patch_size: int = 0) -> TargetResult:
     """Score every scorable frame of one target set with G and with the trivial baselines.
 
-    The baselines predict from the very windows G sees, in the same pass (no second decode).
+    Windows are batched across clips and videos, so G runs at ``batch_size`` (the last batch may
+    be short). The baselines predict from the very windows G sees, in the same pass.
     ``patch_size`` > 0 also scores every predictor by its worst tile (:func:`scoring.patch_psnr`).
     """
     from tqdm import tqdm
@@ -96,16 +98,12 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
     scored, compute = 0, 0.0
     bar = tqdm(desc=f"evaluate {name}", unit="frame", disable=not progress, leave=False)
     try:
-        for clip in EvalLoader(shards, size=(size, size), device=device):
-            acc = videos.get(clip.video_id)
-            if acc is None:
-                acc = videos[clip.video_id] = _VideoAccumulator(
-                    clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
-            count, seconds = _score_clip(G, clip, acc, frames=frames, device=device,
-                                         batch_size=batch_size, top_frames=top_frames,
-                                         patch_size=patch_size)
-            scored, compute = scored + count, compute + seconds
-            bar.update(count)
+        clips = EvalLoader(shards, size=(size, size), device=device)
+        for batch, owners in _window_batches(clips, videos, frames=frames, batch_size=batch_size):
+            compute += _score_batch(G, batch.to(device), owners, frames=frames, device=device,
+                                    top_frames=top_frames, patch_size=patch_size)
+            scored += len(owners)
+            bar.update(len(owners))
     finally:
         bar.close()
         G.train(was_training)
@@ -138,39 +136,68 @@ def _patch_results(videos: dict[str, _VideoAccumulator], per_video: list[dict], 
     return results
 
 
-def _score_clip(G: torch.nn.Module, clip, acc: _VideoAccumulator, *, frames: int,
-                device: torch.device, batch_size: int, top_frames: int,
-                patch_size: int = 0) -> tuple[int, float]:
-    """PSNR of G and of each baseline for every window of one clip; returns (windows, G seconds)."""
-    from zxvad.data import prediction_windows
-
+def _accumulator(videos: dict[str, _VideoAccumulator], clip) -> _VideoAccumulator:
+    """The clip's video (made on its first clip), with the clip's labels recorded."""
+    acc = videos.get(clip.video_id)
+    if acc is None:
+        acc = videos[clip.video_id] = _VideoAccumulator(
+            clip.video_id, clip.video_frames, np.full(clip.video_frames, -1, dtype=np.int64))
     labels = clip.labels.cpu().numpy().astype(np.int64)
     acc.labels[clip.first_frame:clip.first_frame + len(labels)] = labels
-    windows, index, _ = prediction_windows(clip, frames)
-    compute = 0.0
-    for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size].to(device)
-        inputs, target = batch[:, :frames], batch[:, frames]
-        began = time.perf_counter()
-        prediction = G(inputs).prediction
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        compute += time.perf_counter() - began
-        values = scoring.psnr(prediction, target).cpu().tolist()
-        predictions = scoring.baseline_predictions(inputs)
-        baselines = {b: scoring.psnr(p, target).cpu().tolist() for b, p in predictions.items()}
-        if patch_size:
-            for p, pred in {"G": prediction, **predictions}.items():
-                tiles = scoring.patch_psnr(pred, target, patch_size).cpu().tolist()
-                for j, value in enumerate(tiles):
-                    acc.patch_psnr[p][int(index[start + j])] = value
-        for j, value in enumerate(values):
-            frame_index = int(index[start + j])
-            acc.psnr[frame_index] = value
-            for b, psnrs in baselines.items():
-                acc.baseline_psnr[b][frame_index] = psnrs[j]
-            acc.keep_worst(value, frame_index, lambda: _images(prediction[j], target[j]), top_frames)
-    return len(windows), compute
+    return acc
+
+
+def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int, batch_size: int
+                    ) -> Iterator[tuple[torch.Tensor, list[tuple[_VideoAccumulator, int]]]]:
+    """Prediction windows of consecutive clips (of any videos) in batches of ``batch_size``.
+
+    Yields ``(windows (B, T+1, 3, H, W), owners)``: each window's video and absolute frame index.
+    Only the last batch may be short.
+    """
+    from zxvad.data import prediction_windows
+
+    if batch_size < 1:  # a batch that never fills would loop forever
+        raise ValueError(f"batch size {batch_size} (--batch-size, eval.batch_size): expected at least 1")
+    pending, owners = [], []
+    for clip in clips:
+        acc = _accumulator(videos, clip)
+        windows, index, _ = prediction_windows(clip, frames)
+        index, start = index.tolist(), 0
+        while start < len(index):
+            take = min(batch_size - len(owners), len(index) - start)
+            pending.append(windows[start:start + take])
+            owners += [(acc, i) for i in index[start:start + take]]
+            start += take
+            if len(owners) == batch_size:
+                yield torch.cat(pending), owners
+                pending, owners = [], []
+    if owners:
+        yield torch.cat(pending), owners
+
+
+def _score_batch(G: torch.nn.Module, batch: torch.Tensor, owners: list[tuple[_VideoAccumulator, int]],
+                 *, frames: int, device: torch.device, top_frames: int, patch_size: int = 0) -> float:
+    """PSNR of G and of each baseline for a batch of windows, kept per video; returns G's seconds."""
+    inputs, target = batch[:, :frames], batch[:, frames]
+    began = time.perf_counter()
+    prediction = G(inputs).prediction
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    compute = time.perf_counter() - began
+    values = scoring.psnr(prediction, target).cpu().tolist()
+    predictions = scoring.baseline_predictions(inputs)
+    baselines = {b: scoring.psnr(p, target).cpu().tolist() for b, p in predictions.items()}
+    if patch_size:
+        for p, pred in {"G": prediction, **predictions}.items():
+            tiles = scoring.patch_psnr(pred, target, patch_size).cpu().tolist()
+            for (acc, frame_index), value in zip(owners, tiles):
+                acc.patch_psnr[p][frame_index] = value
+    for j, ((acc, frame_index), value) in enumerate(zip(owners, values)):
+        acc.psnr[frame_index] = value
+        for b, psnrs in baselines.items():
+            acc.baseline_psnr[b][frame_index] = psnrs[j]
+        acc.keep_worst(value, frame_index, lambda: _images(prediction[j], target[j]), top_frames)
+    return compute
 
 
 def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
@@ -360,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a test shard set (folder, manifest or s3:// prefix); repeatable; "
                              "default: the targets in the checkpoint's config")
     parser.add_argument("--out", default="eval-out", help="folder for results.json and plots")
-    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per G call, across clips and videos (default: eval.batch_size)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--mlflow-run", default=None, metavar="RUN_ID",
@@ -380,11 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(stored))
         for warning in warnings:
             print(warning, file=sys.stderr)
+        batch_size = cfg.eval.batch_size if args.batch_size is None else args.batch_size
         with EnergyMeter(device) as meter:
             results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
-                                       device=device, batch_size=args.batch_size or cfg.eval.batch_size,
-                                       top_frames=cfg.eval.top_frames,
-                                       patch_size=cfg.eval.patch_size)
+                                       device=device, batch_size=batch_size,
+                                       top_frames=cfg.eval.top_frames)
         figures = efficiency(G, cfg, results, meter.joules)
         files = write_report(results, args.out, frames=cfg.model.frames, figures=figures,
                              plots=not args.no_plots)
