@@ -8,6 +8,7 @@ is a :class:`ConfigError` whose message is one line naming the offending key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the best ones by keep_best_by; Ray keeps the latest as well
+    keep_best_by: str = "auc/mean"  # an AUC metric (max); "" keeps the newest (also with no targets)
     max_failures: int = 3
     storage_path: str = "ray_results"  # local folder or s3://bucket/prefix
     s3_endpoint: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
@@ -124,6 +126,7 @@ class TrackingConfig:
     run_name: str = ""
     tracking_uri: str = ""
     on_unreachable: str = "fail"  # fail | local
+    register_as: str = ""  # MLflow Model Registry name for the final G; "" registers nothing
 
 
 @dataclass
@@ -227,6 +230,10 @@ def _validate(cfg: Config) -> Config:
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
         ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
+        ("train.keep_best_by", t.keep_best_by == "" or re.fullmatch(r"auc(_gain)?/[\w.-]+", t.keep_best_by),
+         "must be '' or an AUC metric such as auc/mean, auc/<target>, auc_gain/mean"),
+        ("tracking.register_as", re.fullmatch(r"[\w.-]*", cfg.tracking.register_as),
+         "must be letters, digits, '.', '_' and '-' (an MLflow registered model name)"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]

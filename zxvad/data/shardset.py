@@ -8,6 +8,7 @@ a DALI index ``PREFIX-%06d.idx`` beside each, and ``manifest.json``, in a folder
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -121,6 +122,17 @@ def resolve_shards(spec: str, fraction: float = 1.0) -> list[str]:
         what = "no shards" if not manifest["shards"] else f"no shard within fraction {fraction}"
         raise ShardError(f"shards {spec}: {what}; build more videos or raise the fraction")
     return [_join(base, s["name"]) for s in chosen]
+
+
+def manifest_digest(spec: str, fraction: float = 1.0) -> str:
+    """A short digest of the shards ``fraction`` reads, from their sha256 in the manifest."""
+    manifest, _ = load_manifest(spec if is_s3(spec) else os.path.abspath(spec))
+    try:
+        chosen = shards_for_fraction(manifest, fraction)
+    except (ValueError, KeyError) as err:
+        raise ShardError(f"shards {spec}: {err}") from None
+    joined = "\n".join(f"{s['name']} {s.get('sha256', s.get('bytes', ''))}" for s in chosen)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 
 def stored_quality(infos: list[ShardInfo]) -> str:
