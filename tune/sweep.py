@@ -132,6 +132,7 @@ def trial_table(sweep: Sweep, experiment_path: str, filesystem=None) -> list[dic
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem,
                                   default_metric=sweep.metric, default_mode=sweep.mode)
     out = []
+    frames = analysis.trial_dataframes
     for trial in analysis.trials:
         params, seed = trial_params(trial.config)
         steps = sweep.trial_config(params, seed).train.steps
@@ -145,8 +146,22 @@ def trial_table(sweep: Sweep, experiment_path: str, filesystem=None) -> list[dic
             "params": params, "status": trial.status, "error": error, "step": step, "steps": steps,
             sweep.metric: last.get(sweep.metric), "eval_round": last.get("eval_round"),
             "stopped_early": trial.status == "TERMINATED" and step is not None and step < steps,
+            "best_checkpoint": _best_checkpoint(frames.get(trial.trial_id), sweep),
         })
     return out
+
+
+def _best_checkpoint(frame, sweep: Sweep) -> str | None:
+    """The checkpoint of the trial's best evaluation (Ray Train keeps it: ``train.keep_best_by``)."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    if frame is None or sweep.metric not in frame or CHECKPOINT_PATH_KEY not in frame:
+        return None
+    rows = frame.dropna(subset=[sweep.metric, CHECKPOINT_PATH_KEY])
+    if rows.empty:
+        return None
+    best = rows[sweep.metric].idxmax() if sweep.mode == "max" else rows[sweep.metric].idxmin()
+    return str(rows.loc[best, CHECKPOINT_PATH_KEY])
 
 
 def _last_line(trial) -> str:
@@ -157,7 +172,7 @@ def _last_line(trial) -> str:
         return "failed"
 
 
-def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int] | None:
+def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int, list[dict]] | None:
     """The configuration with the best mean final metric over its seeds.
 
     Trials that ran to the end rank a configuration; a configuration whose trials were all
@@ -175,7 +190,7 @@ def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int] | N
     sign = 1 if sweep.mode == "max" else -1
     scored = [(sum(t[sweep.metric] for t in g) / len(g), g) for g in pool.values()]
     value, group = max(scored, key=lambda item: sign * item[0])
-    return group[0]["params"], value, len(group)
+    return group[0]["params"], value, len(group), group
 
 
 def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
@@ -210,13 +225,17 @@ def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str,
     if best is None:
         print(f"error: no trial of sweep {sweep.name} reported {sweep.metric}", file=sys.stderr)
         return 1
-    params, value, n = best
+    params, value, n, group = best
     atomic_write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
     run_id = parent_run_id
     tracking.log_sweep_result(uri, run_id, sweep.metric, value,
                               [out / "best-config.yaml", out / "trials.json"])
     print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
     print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
+    sign = 1 if sweep.mode == "max" else -1
+    top = max(group, key=lambda t: sign * t[sweep.metric])
+    if top["best_checkpoint"]:
+        print(f"best checkpoint (trial {top['trial_id']}, seed {top['seed']}): {top['best_checkpoint']}")
     print(f"compare: python -m tune.compare --experiment {sweep.name} --tracking-uri {uri}")
     return 1 if errors else 0
 
