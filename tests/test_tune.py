@@ -320,7 +320,7 @@ def test_compare_table_matches_mlflow(demo_sweep, capsys):
                        "--tracking-uri", demo_sweep["uri"]])
     printed = capsys.readouterr().out
     assert rc == 0
-    assert "| train.lr_g | street | plaza | mean | runs |" in printed
+    assert "| train.lr_g | street | plaza | mean | gain | runs |" in printed
     client, trials, _ = _trial_runs(demo_sweep["uri"])
     rows = {r["train.lr_g"]: r for r in csv.DictReader((out / "zxvad-demo-sweep.csv").open())}
     assert set(rows) == {"0.002", "1.0"}
@@ -368,7 +368,7 @@ def test_mlflow_nests_trials_under_the_sweep_with_datasets_and_a_registered_g(de
     assert sorted(r.info.run_id for r in children) == sorted(r.info.run_id for r in trials) and len(children) == 4
     assert parent.data.tags.get(PARENT_TAG) is None
     shards = demo_sweep["shards"]
-    expected = {"training": ("source", shards["source"]), "donor": ("source", shards["source"]),
+    expected = {"training,donor": ("source", shards["source"]),
                 "target:street": ("target-street", shards["target-street"]),
                 "target:plaza": ("target-plaza", shards["target-plaza"])}
     for run in trials:

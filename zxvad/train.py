@@ -64,13 +64,15 @@ def dataset_refs(cfg: Config) -> list[dict]:
     if cfg.data.donor_shards:
         sets.append(("donor", cfg.data.donor_shards, 1.0))
     sets += [(f"target:{name}", spec, 1.0) for name, spec in cfg.eval.targets.items()]
-    out = []
+    out: dict[tuple, dict] = {}
     for context, spec, fraction in sets:
         name = spec.rstrip("/").rsplit("/", 1)[-1] + ("" if fraction >= 1 else f"@{fraction:g}")
         source = spec if is_s3(spec) else os.path.abspath(spec)
-        out.append({"context": context, "name": name, "source": source,
-                    "digest": manifest_digest(spec, fraction)})
-    return out
+        ref = {"context": context, "name": name, "source": source, "digest": manifest_digest(spec, fraction)}
+        same = out.setdefault((name, source, ref["digest"]), ref)
+        if same is not ref:  # MLflow keeps one input per dataset: one set in two roles joins them
+            same["context"] += f",{context}"
+    return list(out.values())
 
 
 def default_run_name(cfg: Config) -> str:
