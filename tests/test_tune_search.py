@@ -142,7 +142,7 @@ def test_kept_checkpoint_is_the_best_by_auc_not_the_newest(local_ray, tmp_path):
                            run_config=RunConfig(name="keep", storage_path=str(tmp_path / "ray"),
                                                 checkpoint_config=train.checkpoint_config(cfg)))
     result = trainer.fit()
-    kept = sorted(Path(result.path).glob("checkpoint_*"))
+    kept = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.is_dir())  # not the snapshot .json
     steps = sorted(int((folder / "step").read_text()) for folder in kept)
     assert steps == [3, 6]  # the best (AUC 0.9) and the latest (for resuming); 1, 2, 4, 5 deleted
     best, value = train.best_checkpoint(result, cfg)
