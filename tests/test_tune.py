@@ -389,8 +389,9 @@ def test_mlflow_nests_trials_under_the_sweep_with_datasets_and_a_registered_g(de
         final = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc/mean")}[12]
         assert float(version.tags["auc/mean"]) == pytest.approx(final, abs=1e-6)
     latest = f"models:/{REGISTERED}/latest"
+    mlflow.set_tracking_uri(demo_sweep["uri"])  # models:/ URIs resolve through the global registry URI
     info = mlflow.models.get_model_info(latest)
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 4, 3, 64, 64]
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4, 3, 64, 64]
     assert info.saved_input_example_info is not None
     G = mlflow.pytorch.load_model(latest)
     assert G(torch.zeros(1, 4, 3, 64, 64)).shape == (1, 3, 64, 64)
