@@ -11,7 +11,6 @@ skips finished videos and shards and writes the rest without duplicating or losi
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -156,27 +155,40 @@ class Spool:
 # ------------------------------------------------------------------------------------ tar + idx
 
 def write_tar(path: Path, samples: Iterable[tuple[str, Sequence[tuple[str, bytes]]]]) -> str:
-    """Write a WebDataset tar and return its DALI index text (what ``wds2idx`` would write).
+    """Write a WebDataset tar with ``webdataset.TarWriter`` and return its DALI index text.
 
     Args:
         path: the tar file to create.
-        samples: ``(key, [(ext, data), ...])`` per sample, components in a fixed order.
+        samples: ``(key, [(ext, data), ...])`` per sample (TarWriter stores the components sorted by ext).
 
     Returns:
-        The index: ``v1.2 N`` then, per sample, ``ext offset size name`` for each component.
+        The index: ``v1.2 N`` then, per sample, ``ext offset size name`` for each component, read
+        back from the tar's headers (DALI's own wds2idx is one block off for names over 100 characters).
     """
-    lines = []
-    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+    import webdataset as wds
+
+    with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as sink:
+        # TarWriter accepts format= but never passes it on; GNU long names keep every header in 512-byte blocks
+        sink.tarstream.format = tarfile.GNU_FORMAT
         for key, components in samples:
-            parts = []
-            for ext, data in components:
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed: same clips, same sha
-                tar.addfile(info, io.BytesIO(data))
-                offset = tar.offset - -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                parts.append(f"{ext} {offset} {len(data)} {info.name}")
-            lines.append(" ".join(parts))
-    return f"{DALI_INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
+            sink.write({"__key__": key, **dict(components)})  # mtime 0: same clips, same sha256
+    return dali_index(path)
+
+
+def dali_index(path: Path) -> str:
+    """What ``wds2idx`` would write for the tar at ``path``, with the true data offsets."""
+    lines: list[list[str]] = []
+    last_key = None
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = member.name.split(".", 1)
+            if key != last_key:
+                lines.append([])
+                last_key = key
+            lines[-1].append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    return f"{DALI_INDEX_VERSION} {len(lines)}\n" + "".join(" ".join(parts) + "\n" for parts in lines)
 
 
 def write_shard(directory: Path, name: str, clips: Sequence[Clip], spool: Spool) -> dict[str, Any]:

@@ -104,15 +104,18 @@ def test_dali_index_equals_wds2idx_and_points_at_the_data(tmp_path):
         creator.create_index()
     assert ours == (tmp_path / "a.idx").read_text()
     # keys over 100 characters need a GNU long-name header (where wds2idx's offsets are one block off)
+    assert tarfile.open(tmp_path / "a.tar").getmembers()[0].uname == "bigdata"  # webdataset.TarWriter's owner
     samples.append(("k_" + "x" * 150, [(VIDEO_EXT, os.urandom(999)), ("json", b"{}")]))
     index = write_tar(tmp_path / "b.tar", samples).splitlines()
     data = (tmp_path / "b.tar").read_bytes()
     assert index[0] == "v1.2 4"
     for line, (key, components) in zip(index[1:], samples):
         fields = line.split()
-        for j, (ext, payload) in enumerate(components):
-            e, offset, size, name = fields[4 * j:4 * j + 4]
-            assert (e, name) == (ext, f"{key}.{ext}") and data[int(offset):int(offset) + int(size)] == payload
+        entries = {fields[j]: fields[j + 1:j + 4] for j in range(0, len(fields), 4)}
+        assert sorted(entries) == sorted(ext for ext, _ in components)
+        for ext, payload in components:
+            offset, size, name = entries[ext]
+            assert name == f"{key}.{ext}" and data[int(offset):int(offset) + int(size)] == payload
 
 
 # ------------------------------------------------------------------------------ layouts

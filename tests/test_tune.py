@@ -181,6 +181,9 @@ def test_cli_missing_shards_fail_before_ray(tmp_path):
 # ----------------------------------------------------------------------------- the demo sweep
 
 
+REGISTERED = "zxvad-demo-g"
+
+
 @pytest.fixture(scope="module")
 def demo_sweep(tmp_path_factory):
     """The packaged demo sweep on tiny demo shards, interrupted after its first trial, resumed.
@@ -201,8 +204,10 @@ def demo_sweep(tmp_path_factory):
     cmd = [sys.executable, "-m", "tune.sweep", "--config", "demo", "--out", str(root / "out"),
            "--set", f"data.train_shards={shards['source']}", "--set", f"data.donor_shards={shards['source']}",
            "--set", f"eval.targets={{street: {shards['target-street']}, plaza: {shards['target-plaza']}}}",
-           "--set", f"train.storage_path={root / 'ray_results'}", "--set", f"tracking.tracking_uri={uri}"]
-    env = dict(os.environ, RAY_ADDRESS="", PYTHONUNBUFFERED="1")
+           "--set", f"train.storage_path={root / 'ray_results'}", "--set", f"tracking.tracking_uri={uri}",
+           "--set", f"tracking.register_as={REGISTERED}"]
+    # system metrics every second: a trial here trains for seconds, not minutes
+    env = dict(os.environ, RAY_ADDRESS="", PYTHONUNBUFFERED="1", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
 
     first_log = root / "first.log"
     with first_log.open("w") as log:
@@ -223,7 +228,7 @@ def demo_sweep(tmp_path_factory):
     ended_first = [line.split()[1] for line in first.splitlines() if line.startswith("trial ") and " done at " in line]
 
     second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-    return {"root": root, "uri": uri, "first": first, "first_rc": first_rc, "ended_first": ended_first,
+    return {"root": root, "uri": uri, "shards": shards, "first": first, "first_rc": first_rc, "ended_first": ended_first,
             "second": second.stdout + second.stderr, "second_rc": second.returncode}
 
 
@@ -315,7 +320,7 @@ def test_compare_table_matches_mlflow(demo_sweep, capsys):
                        "--tracking-uri", demo_sweep["uri"]])
     printed = capsys.readouterr().out
     assert rc == 0
-    assert "| train.lr_g | street | plaza | mean | runs |" in printed
+    assert "| train.lr_g | street | plaza | mean | gain | runs |" in printed
     client, trials, _ = _trial_runs(demo_sweep["uri"])
     rows = {r["train.lr_g"]: r for r in csv.DictReader((out / "zxvad-demo-sweep.csv").open())}
     assert set(rows) == {"0.002", "1.0"}
@@ -327,4 +332,68 @@ def test_compare_table_matches_mlflow(demo_sweep, capsys):
             assert float(row[f"{column}_mean"]) == pytest.approx(statistics.mean(finals), abs=1e-12)
             assert float(row[f"{column}_std"]) == pytest.approx(statistics.stdev(finals), abs=1e-12)
     assert (out / "zxvad-demo-sweep.md").read_text() in printed
+    parent = _trial_runs(demo_sweep["uri"])[2][0].info.run_id
+    assert f"runs: 4 child run(s) of sweep run {parent}" in printed
+    rc = compare.main(["--experiment", "zxvad-demo-sweep", "--parent", "0" * 32, "--out", str(out),
+                       "--tracking-uri", demo_sweep["uri"]])
+    assert rc == 2 and f"no run with an AUC metric among the children of run {'0' * 32}" in capsys.readouterr().err
     assert (out / "zxvad-demo-sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_result_grid_shows_the_swept_keys_and_each_trials_best_checkpoint(demo_sweep):
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    grid = ResultGrid(ExperimentAnalysis(str(demo_sweep["root"] / "ray_results" / "zxvad-demo-sweep")))
+    df = grid.get_dataframe()
+    assert {"config/train.lr_g", "config/seed"} <= set(df.columns)
+    assert sorted(zip(df["config/train.lr_g"], df["config/seed"])) == [(0.002, 0), (0.002, 1), (1.0, 0), (1.0, 1)]
+    summary = json.loads((demo_sweep["root"] / "out" / "trials.json").read_text())
+    for t in summary["trials"]:  # the checkpoint of the trial's best evaluation is still on disk
+        assert t["best_checkpoint"] and Path(t["best_checkpoint"], "state.pt").exists(), t
+    assert "best checkpoint (trial " in demo_sweep["second"]
+
+
+@pytest.mark.slow
+def test_mlflow_nests_trials_under_the_sweep_with_datasets_and_a_registered_g(demo_sweep):
+    import mlflow
+    import torch
+
+    from zxvad.data.shardset import manifest_digest
+    from zxvad.tracking import PARENT_TAG
+
+    client, trials, sweep_runs = _trial_runs(demo_sweep["uri"])
+    parent = sweep_runs[0]
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    assert sorted(r.info.run_id for r in children) == sorted(r.info.run_id for r in trials) and len(children) == 4
+    assert parent.data.tags.get(PARENT_TAG) is None
+    shards = demo_sweep["shards"]
+    expected = {"training,donor": ("source", shards["source"]),
+                "target:street": ("target-street", shards["target-street"]),
+                "target:plaza": ("target-plaza", shards["target-plaza"])}
+    for run in trials:
+        logged = {}
+        for item in client.get_run(run.info.run_id).inputs.dataset_inputs:
+            context = {t.key: t.value for t in item.tags}["mlflow.data.context"]
+            logged[context] = (item.dataset.name, item.dataset.digest, json.loads(item.dataset.source)["uri"])
+        assert logged == {c: (name, manifest_digest(str(path)), str(path)) for c, (name, path) in expected.items()}
+        assert "system/cpu_utilization_percentage" in run.data.metrics, sorted(run.data.metrics)
+    summary = json.loads((demo_sweep["root"] / "out" / "trials.json").read_text())
+    complete = {t["trial_id"] for t in summary["trials"] if not t["stopped_early"]}
+    versions = client.search_model_versions(f"name = '{REGISTERED}'")
+    assert len(versions) == len(complete) >= 1  # one version per trial that trained to its end
+    by_run = {r.info.run_id: r for r in trials}
+    for version in versions:
+        run = by_run[version.run_id]
+        assert run.data.tags["zxvad.trial_id"] in complete
+        final = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc/mean")}[12]
+        assert float(version.tags["auc/mean"]) == pytest.approx(final, abs=1e-6)
+    latest = f"models:/{REGISTERED}/latest"
+    mlflow.set_tracking_uri(demo_sweep["uri"])  # models:/ URIs resolve through the global registry URI
+    info = mlflow.models.get_model_info(latest)
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4, 3, 64, 64]
+    assert info.saved_input_example_info is not None
+    G = mlflow.pytorch.load_model(latest)
+    assert G(torch.zeros(1, 4, 3, 64, 64)).shape == (1, 3, 64, 64)
+    served = mlflow.pyfunc.load_model(latest).predict(torch.zeros(1, 4, 3, 64, 64).numpy())
+    assert served.shape == (1, 3, 64, 64)

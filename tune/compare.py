@@ -25,7 +25,7 @@ from typing import Any
 
 from shards.storage import atomic_path, atomic_write
 from tune.space import SEED_KEYS
-from zxvad.tracking import CONFIG_TAG
+from zxvad.tracking import CONFIG_TAG, PARENT_TAG
 from zxvad import metrics as metric_names
 
 # Params that differ between runs of one configuration without changing it.
@@ -90,12 +90,14 @@ class Table:
         return best.mean(column) - row.mean(column) < spread
 
 
-def load_runs(experiment: str, uri: str, include_failed: bool = False) -> list[Any]:
-    """The training runs of ``experiment`` that logged an AUC (FAILED or KILLED ones only if asked)."""
+def load_runs(experiment: str, uri: str, include_failed: bool = False,
+              parent_run_id: str = "") -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (FAILED or KILLED ones only if
+    asked; only one sweep run's children if given)."""
     from zxvad import tracking
 
     try:
-        return tracking.training_runs(experiment, uri, include_failed)
+        return tracking.training_runs(experiment, uri, include_failed, parent_run_id)
     except tracking.TrackingError as err:
         raise CompareError(str(err)) from None
 
@@ -285,6 +287,18 @@ def write_outputs(table: Table, out: Path, by: str | None = None) -> dict[str, P
     return paths
 
 
+def provenance(runs: list[Any]) -> str:
+    """One line: which sweep runs (MLflow parents) the compared runs are children of."""
+    parents: dict[str, int] = {}
+    for run in runs:
+        parent = run.data.tags.get(PARENT_TAG, "")
+        parents[parent] = parents.get(parent, 0) + 1
+    parts = [f"{n} child run(s) of sweep run {p}" for p, n in parents.items() if p]
+    if "" in parents:  # runs trained alone, or trials logged before sweeps nested them
+        parts.append(f"{parents['']} run(s) with no parent")
+    return "runs: " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tune.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="MLflow experiment (a sweep's name)")
@@ -294,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank rows best first by auc/mean, auc/<target>, auc_gain/mean or "
                              "auc_gain/<target> (gain: G's AUC minus the best trivial baseline's)")
     parser.add_argument("--out", default=None, help="output folder (default: compare/EXPERIMENT)")
+    parser.add_argument("--parent", default="", metavar="RUN_ID",
+                        help="only the child runs of this sweep run (default: every training run)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--include-failed", action="store_true",
@@ -307,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --tracking-uri {uri}: no such MLflow database", file=sys.stderr)
         return 2
     try:
-        table = build_table(args.experiment, load_runs(args.experiment, uri, args.include_failed), args.by)
+        runs = load_runs(args.experiment, uri, args.include_failed, args.parent)
+        table = build_table(args.experiment, runs, args.by)
         if args.metric:
             rank(table, args.metric)
     except CompareError as err:
@@ -317,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: MLflow at {uri}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(to_markdown(table))
+    print(provenance(runs))
     paths = write_outputs(table, Path(args.out or Path("compare") / args.experiment), args.by)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

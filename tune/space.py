@@ -10,7 +10,7 @@ key::
       loss.alpha_n: {loguniform: [0.1, 10]}
       model.backbone: {choice: [resnet50, alexnet]}
       data.train_shards,data.donor_shards: {grid: [[a, a], [b, b]]}   # joint keys
-    search: random                # random | grid | optuna
+    search: random                # random | grid | optuna | hyperopt
     metric: auc/mean              # auc/mean, auc/<target>, auc_gain/mean or auc_gain/<target>
     mode: max
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # rounds = evaluations
@@ -19,10 +19,13 @@ key::
     resources: {workers: 1, cpus: 1, gpus: 1}   # per trial
     max_concurrent: 4             # 0: as many as the cluster's resources allow
 
-``grid`` dimensions are always crossed; ``choice`` is crossed under ``search: grid`` and drawn
-under ``random``; ranges are drawn (random, Optuna). Random and grid variants are expanded here,
-on the driver, so that every seed of a configuration trains the very same values. Every error
-is a :class:`SweepError`: one line naming the file and the key.
+Tune draws every trial (``tune.sweep.param_space``: ``grid`` is ``tune.grid_search``, ``choice`` is
+``tune.choice`` under ``random`` and a grid under ``grid``, ranges are ``tune.loguniform`` and
+``tune.uniform``, seeds a ``grid_search`` over ``seed``); random values are drawn once per sample
+and kept over the grids, so every seed of a configuration trains the very same values. Optuna and
+HyperOpt propose one configuration per sample and take no grids. :meth:`Sweep.variants` expands
+the same space on the driver to validate it and count trials before Ray starts. Every error is a
+:class:`SweepError`: one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -44,13 +47,15 @@ from zxvad import config as config_lib
 from zxvad.config import Config, ConfigError
 
 PACKAGED_DIR = Path(__file__).parent / "configs"
-SEARCHES = ("random", "grid", "optuna")
+SEARCHES = ("random", "grid", "optuna", "hyperopt")
+MODEL_SEARCHES = {"optuna": "optuna", "hyperopt": "hyperopt"}  # search -> the package it needs
 SCHEDULERS = ("asha", "fifo")
 KINDS = ("loguniform", "uniform", "choice", "grid")
 # Keys a seed sets: R is untrained, so its random init is part of what a seed varies.
 SEED_KEYS = ("train.seed", "data.seed", "model.backbone_seed")
 # Local paths are made absolute: Tune runs each trial in a folder of its own.
 PATH_KEYS = ("data.train_shards", "data.donor_shards", "train.storage_path")
+SEED = "seed"  # Tune's name of the seed dimension (0, 1, ...), added to each key of SEED_KEYS
 TOP_KEYS = ("name", "base", "set", "space", "search", "metric", "mode", "scheduler", "samples",
             "seeds", "resources", "max_concurrent", "search_seed")
 
@@ -119,7 +124,7 @@ class Sweep:
     def eval_rounds(self) -> int:
         """Evaluations of the longest trial: ASHA's max_t."""
         rounds = 1
-        for variant in self.variants() if self.search != "optuna" else [{"params": {}}]:
+        for variant in self.variants() if self.search not in MODEL_SEARCHES else [{"params": {}}]:
             cfg = self.trial_config(variant["params"], 0)
             rounds = max(rounds, eval_round(cfg.train.steps, cfg.train.steps, cfg.eval.eval_every))
         return rounds
@@ -263,7 +268,7 @@ def _validate(path: Path, raw: dict[str, Any]) -> Sweep:
                   samples=counts["samples"], seeds=counts["seeds"], resources=resources,
                   max_concurrent=counts["max_concurrent"], search_seed=counts["search_seed"],
                   path=path, raw=raw)
-    if search != "optuna":  # every trial's config must be valid, not just each value alone
+    if search not in MODEL_SEARCHES:  # every trial's config must be valid, not just each value alone
         for variant in sweep.variants():
             try:
                 sweep.trial_config(variant["params"], variant["seed"])
@@ -303,11 +308,12 @@ def _search(search: Any, space: list[Dimension], fail) -> str:
         if ranged:
             raise fail(f"space.{ranged[0]}", "is a range, which a grid cannot enumerate: "
                        "use grid/choice values or search: random")
-    if search == "optuna":
+    if search in MODEL_SEARCHES:
+        package = MODEL_SEARCHES[search]
         try:
-            import optuna  # noqa: F401
+            __import__(package)
         except ImportError:
-            raise fail("search", "= 'optuna' needs the optuna package (pip install 'zxvad[tune]')") from None
+            raise fail("search", f"= '{search}' needs the {package} package (pip install 'zxvad[tune]')") from None
     return search
 
 
@@ -332,12 +338,12 @@ def _counts(raw: dict[str, Any], search: str, space: list[Dimension], fail) -> d
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise fail(key, f"= {value!r}: expected an integer >= {low}")
         counts[key] = value
-    if search == "optuna":
+    if search in MODEL_SEARCHES:
         if counts["seeds"] > 1:
-            raise fail("seeds", "> 1 needs search: random or grid (Optuna proposes each config once)")
+            raise fail("seeds", f"> 1 needs search: random or grid ({search} proposes each config once)")
         crossed = [d.name for d in space if d.kind == "grid"]
         if crossed:
-            raise fail(f"space.{crossed[0]}", "is a grid, which Optuna cannot search: use choice")
+            raise fail(f"space.{crossed[0]}", f"is a grid, which {search} cannot search: use choice")
     if search == "grid" and counts["samples"] != 1:
         raise fail("samples", "must be 1 with search: grid (use seeds to repeat configurations)")
     return counts

@@ -69,20 +69,43 @@ def _concurrency(sweep: Sweep) -> int:
     return max(1, int(total.get("CPU", 1) // (res.workers * res.cpus + DRIVER_CPUS)))
 
 
-def _param_space(sweep: Sweep, variants: list) -> dict[str, Any]:
+def param_space(sweep: Sweep) -> dict[str, Any]:
+    """Tune's search space: the swept config keys under their own names, and ``seed``.
+
+    Joint keys stay one dimension named ``"a,b"`` whose values are lists, so they are drawn
+    together. Optuna and HyperOpt take no grids: their trials all run seed 0.
+    """
     from ray import tune
 
-    if sweep.search != "optuna":
-        return {"trial": tune.grid_search(list(range(len(variants))))}
-    domains = {}
+    out: dict[str, Any] = {}
     for dim in sweep.space:
+        options = [list(v) if isinstance(v, tuple) else v for v in dim.values]
         if dim.kind == "loguniform":
-            domains[dim.name] = tune.loguniform(*dim.values)
+            out[dim.name] = tune.loguniform(*dim.values)
         elif dim.kind == "uniform":
-            domains[dim.name] = tune.uniform(*dim.values)
+            out[dim.name] = tune.uniform(*dim.values)
+        elif dim.kind == "grid" or sweep.search == "grid":
+            out[dim.name] = tune.grid_search(options)
         else:
-            domains[dim.name] = tune.choice([list(v) if isinstance(v, tuple) else v for v in dim.values])
-    return {"params": domains}
+            out[dim.name] = tune.choice(options)
+    out[space.SEED] = 0 if sweep.search in space.MODEL_SEARCHES else tune.grid_search(list(range(sweep.seeds)))
+    return out
+
+
+def search_algorithm(sweep: Sweep):
+    """Tune's ``search_alg`` for the sweep's ``search`` (all seeded by ``search_seed``)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=sweep.search_seed)
+    if sweep.search == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        return HyperOptSearch(random_state_seed=sweep.search_seed)
+    # constant_grid_search: random values drawn once per sample, kept over the seed grid
+    return BasicVariantGenerator(constant_grid_search=True, random_state=sweep.search_seed)
 
 
 def _tune_config(sweep: Sweep, concurrency: int):
@@ -94,18 +117,13 @@ def _tune_config(sweep: Sweep, concurrency: int):
         scheduler = ASHAScheduler(time_attr="eval_round", max_t=sweep.eval_rounds,
                                   grace_period=sweep.scheduler.grace_period,
                                   reduction_factor=sweep.scheduler.reduction_factor)
-    search_alg = None
-    if sweep.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        search_alg = OptunaSearch(seed=sweep.search_seed)
     return tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler,
-                           search_alg=search_alg,
-                           num_samples=sweep.samples if sweep.search == "optuna" else 1,
+                           search_alg=search_algorithm(sweep),
+                           num_samples=1 if sweep.search == "grid" else sweep.samples,
                            max_concurrent_trials=concurrency)
 
 
-def trial_table(sweep: Sweep, variants: list, experiment_path: str, filesystem=None) -> list[dict[str, Any]]:
+def trial_table(sweep: Sweep, experiment_path: str, filesystem=None) -> list[dict[str, Any]]:
     """One dict per trial: id, config id, seed, params, status, last step, metric, stopped early."""
     from ray.tune import ExperimentAnalysis
 
@@ -114,8 +132,9 @@ def trial_table(sweep: Sweep, variants: list, experiment_path: str, filesystem=N
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem,
                                   default_metric=sweep.metric, default_mode=sweep.mode)
     out = []
+    frames = analysis.trial_dataframes
     for trial in analysis.trials:
-        params, seed = trial_params(trial.config, variants)
+        params, seed = trial_params(trial.config)
         steps = sweep.trial_config(params, seed).train.steps
         last = trial.last_result or {}
         step = last.get("step")
@@ -127,8 +146,22 @@ def trial_table(sweep: Sweep, variants: list, experiment_path: str, filesystem=N
             "params": params, "status": trial.status, "error": error, "step": step, "steps": steps,
             sweep.metric: last.get(sweep.metric), "eval_round": last.get("eval_round"),
             "stopped_early": trial.status == "TERMINATED" and step is not None and step < steps,
+            "best_checkpoint": _best_checkpoint(frames.get(trial.trial_id), sweep),
         })
     return out
+
+
+def _best_checkpoint(frame, sweep: Sweep) -> str | None:
+    """The checkpoint of the trial's best evaluation (Ray Train keeps it: ``train.keep_best_by``)."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    if frame is None or sweep.metric not in frame or CHECKPOINT_PATH_KEY not in frame:
+        return None
+    rows = frame.dropna(subset=[sweep.metric, CHECKPOINT_PATH_KEY])
+    if rows.empty:
+        return None
+    best = rows[sweep.metric].idxmax() if sweep.mode == "max" else rows[sweep.metric].idxmin()
+    return str(rows.loc[best, CHECKPOINT_PATH_KEY])
 
 
 def _last_line(trial) -> str:
@@ -139,7 +172,7 @@ def _last_line(trial) -> str:
         return "failed"
 
 
-def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int] | None:
+def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int, list[dict]] | None:
     """The configuration with the best mean final metric over its seeds.
 
     Trials that ran to the end rank a configuration; a configuration whose trials were all
@@ -157,7 +190,7 @@ def best_config(sweep: Sweep, trials: list[dict]) -> tuple[dict, float, int] | N
     sign = 1 if sweep.mode == "max" else -1
     scored = [(sum(t[sweep.metric] for t in g) / len(g), g) for g in pool.values()]
     value, group = max(scored, key=lambda item: sign * item[0])
-    return group[0]["params"], value, len(group)
+    return group[0]["params"], value, len(group), group
 
 
 def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
@@ -168,14 +201,12 @@ def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
     return head + cfg.to_yaml()
 
 
-def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: str, out: Path,
-           wall_s: float) -> int:
+def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str, parent_run_id: str,
+           out: Path, wall_s: float) -> int:
     """Summaries, the best config (file + MLflow artifact); 130 when the sweep was interrupted."""
-    from tune.trial import sweep_run
     from zxvad import tracking
 
-    trials = trial_table(sweep, variants, experiment_path, filesystem)
-    total = len(variants) if variants else sweep.samples
+    trials = trial_table(sweep, experiment_path, filesystem)
     unfinished = total - sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
     summary = {"sweep": sweep.name, "tracking_uri": uri, "experiment_path": experiment_path,
                "wall_s": round(wall_s, 1), "interrupted": unfinished > 0, "trials": trials}
@@ -194,13 +225,17 @@ def finish(sweep: Sweep, variants: list, experiment_path: str, filesystem, uri: 
     if best is None:
         print(f"error: no trial of sweep {sweep.name} reported {sweep.metric}", file=sys.stderr)
         return 1
-    params, value, n = best
+    params, value, n, group = best
     atomic_write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
-    run_id = sweep_run(sweep, uri, sweep.path.read_text())
+    run_id = parent_run_id
     tracking.log_sweep_result(uri, run_id, sweep.metric, value,
                               [out / "best-config.yaml", out / "trials.json"])
     print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
     print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
+    sign = 1 if sweep.mode == "max" else -1
+    top = max(group, key=lambda t: sign * t[sweep.metric])
+    if top["best_checkpoint"]:
+        print(f"best checkpoint (trial {top['trial_id']}, seed {top['seed']}): {top['best_checkpoint']}")
     print(f"compare: python -m tune.compare --experiment {sweep.name} --tracking-uri {uri}")
     return 1 if errors else 0
 
@@ -223,7 +258,7 @@ def prepare(argv: list[str] | None = None):
     if args.fresh:
         sweep.name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     checked = set()  # every distinct set of shards the trials will read exists (and its fraction)
-    variants = sweep.variants() if sweep.search != "optuna" else [{"params": {}}]
+    variants = sweep.variants() if sweep.search not in space.MODEL_SEARCHES else [{"params": {}}]
     for variant in variants:
         cfg = sweep.trial_config(variant["params"], 0)
         key = (cfg.data.train_shards, cfg.data.donor_shards, cfg.data.fraction, tuple(cfg.eval.targets.items()))
@@ -245,15 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ray import tune
 
-    from tune.trial import Progress, run_trial
+    from tune.trial import Progress, run_trial, sweep_run
     from zxvad import train
 
-    variants = sweep.variants() if sweep.search != "optuna" else []
+    variants = sweep.variants() if sweep.search not in space.MODEL_SEARCHES else []
     path, filesystem = train.storage(sweep.base)
     experiment_path = f"{path.rstrip('/')}/{sweep.name}"
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / "sweep.json"
-    spec = json.dumps({"raw": sweep.raw, "variants": variants}, sort_keys=True, indent=1, default=str)
+    # "space" marks Tune's param_space layout: a sweep started with the older one is not resumed
+    spec = json.dumps({"raw": sweep.raw, "variants": variants, "space": "config-keys"},
+                      sort_keys=True, indent=1, default=str)
     resuming = tune.Tuner.can_restore(experiment_path, storage_filesystem=filesystem)
     if resuming and spec_file.exists() and spec_file.read_text() != spec:
         print(f"error: sweep '{sweep.name}' at {experiment_path} was started with another sweep file "
@@ -261,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     atomic_write(spec_file, spec)
 
+    parent_run_id = sweep_run(sweep, uri, sweep.path.read_text())
     began = time.time()
     start_ray()
     trial_storage = f"{sweep.base.train.storage_path.rstrip('/')}/{sweep.name}/trials"
     if not is_s3(trial_storage):
         trial_storage = os.path.abspath(trial_storage)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep, variants=variants, uri=uri, storage_path=trial_storage),
+        tune.with_parameters(run_trial, sweep=sweep, uri=uri, storage_path=trial_storage,
+                             parent_run_id=parent_run_id),
         {"CPU": DRIVER_CPUS})
     total = len(variants) if variants else sweep.samples
     if resuming:
@@ -278,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         concurrency = _concurrency(sweep)
         print(f"sweep {sweep.name}: {total} trials ({sweep.seeds} seed(s) each), {concurrency} at a time, "
               f"{sweep.search} search, scheduler {sweep.scheduler.kind}; MLflow {uri}", flush=True)
-        tuner = tune.Tuner(trainable, param_space=_param_space(sweep, variants),
+        tuner = tune.Tuner(trainable, param_space=param_space(sweep),
                            tune_config=_tune_config(sweep, concurrency),
                            run_config=tune.RunConfig(name=sweep.name, storage_path=path,
                                                      storage_filesystem=filesystem, verbose=0,
                                                      callbacks=[Progress(sweep.name, sweep.metric, total)]))
     tuner.fit()
-    return finish(sweep, variants, experiment_path, filesystem, uri, out, time.time() - began)
+    return finish(sweep, total, experiment_path, filesystem, uri, parent_run_id, out, time.time() - began)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """What runs inside Ray for a sweep: the Tune function (one training run per trial) and callbacks.
 
 Ray Train V2 style: the Tune function builds the ``zxvad.train`` TorchTrainer for its config and
-fits it; :func:`evaluation_report` forwards rank 0's evaluations to Tune so that ASHA can stop
-weak trials between evaluation rounds. Imported only once the sweep file is valid.
+fits it; :class:`EvaluationReport` (Ray's public ``TuneReportCallback``) forwards rank 0's
+evaluations to Tune so that ASHA can stop weak trials between evaluation rounds. Imported only
+once the sweep file is valid.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 
 import ray.tune
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from tune import space
 from tune.space import Sweep
@@ -20,7 +21,7 @@ ROUND = "eval_round"  # ASHA's time unit
 
 
 class EvaluationReport(TuneReportCallback):
-    """Forwards each evaluation (rank 0's report that carries ``metric``) to Tune.
+    """Ray Train's own Tune reporter, fed only the evaluations (rank 0's reports with ``metric``).
 
     Reports made only to save a checkpoint carry no AUC and are not forwarded, so ASHA counts
     evaluation rounds. The round comes from the step, so a resumed trial counts on from there.
@@ -31,47 +32,45 @@ class EvaluationReport(TuneReportCallback):
         self.metric, self.steps, self.eval_every = metric, steps, eval_every
 
     def after_report(self, run_context, metrics, checkpoint):
-        values = metrics[0]  # rank 0, the worker that evaluates
-        if self.metric not in values:
+        if self.metric not in metrics[0]:  # rank 0, the worker that evaluates
             return
-        values = dict(values)
-        values[ROUND] = space.eval_round(int(values["step"]), self.steps, self.eval_every)
-        if checkpoint:
-            values[CHECKPOINT_PATH_KEY] = checkpoint.path
-        self._training_actor_item_queue.put(values)
+        values = {**metrics[0], ROUND: space.eval_round(int(metrics[0]["step"]), self.steps, self.eval_every)}
+        super().after_report(run_context, [values, *metrics[1:]], checkpoint)
 
 
-def trial_params(config: dict, variants: list) -> tuple[dict, int]:
-    """``(params, seed)`` of a trial: a variant drawn on the driver, or Optuna's proposal."""
-    if "trial" in config:
-        variant = variants[config["trial"]]
-        return variant["params"], variant["seed"]
+def trial_params(config: dict) -> tuple[dict, int]:
+    """``(params, seed)`` of a trial from Tune's config: joint keys arrive as ``"a,b": [x, y]``."""
     params = {}
-    for name, value in config.get("params", {}).items():  # joint keys arrive as "a,b": [x, y]
+    for name, value in config.items():
+        if name == space.SEED:
+            continue
         keys = name.split(",")
         params.update({keys[0]: value} if len(keys) == 1 else dict(zip(keys, value)))
-    return params, 0
+    return params, int(config.get(space.SEED, 0))
 
 
-def run_trial(config: dict, sweep: Sweep, variants: list, uri: str, storage_path: str) -> None:
-    """The Tune function: one training run with this trial's config, reporting to Tune."""
+def run_trial(config: dict, sweep: Sweep, uri: str, storage_path: str, parent_run_id: str) -> None:
+    """The Tune function: one training run (a child of the sweep's MLflow run), reporting to Tune."""
     from zxvad import train
 
     trial_id = ray.tune.get_context().get_trial_id()
-    params, seed = trial_params(config, variants)
+    params, seed = trial_params(config)
     cfg = sweep.trial_config(params, seed)
     run_name = f"{sweep.name}-{trial_id}"
     cfg.tracking.experiment, cfg.tracking.run_name, cfg.tracking.tracking_uri = sweep.name, run_name, uri
     cfg.train.storage_path = storage_path
+    cfg.train.keep_best_by = sweep.metric
     inputs = train.resolve_inputs(cfg)
-    _, run_id = tracking.open_run(cfg, run_name)
+    _, run_id = tracking.open_run(cfg, run_name, parent_run_id=parent_run_id,
+                                  datasets=train.dataset_refs(cfg))
     tracking.tag_trial(uri, run_id, {tracking.SWEEP_TAG: sweep.name, tracking.TRIAL_TAG: trial_id,
                                      tracking.CONFIG_TAG: space.config_id(params),
                                      tracking.SEED_TAG: str(seed)})
 
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
+    job = train.make_job(cfg, inputs, run_id, uri)
     with tracking.recorded_status(uri, run_id):
-        train.build_trainer(train.make_job(cfg, inputs, run_id, uri), run_name, callbacks=[report]).fit()
+        train.build_trainer(job, run_name, callbacks=[report], best_mode=sweep.mode).fit()
 
 
 class Progress(ray.tune.Callback):

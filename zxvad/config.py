@@ -103,7 +103,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the best ones by keep_best_by; Ray keeps the latest as well
+    keep_best_by: str = "auc/mean"  # an AUC metric (max); "" keeps the newest (also with no targets)
     max_failures: int = 3
     storage_path: str = "ray_results"  # local folder or s3://bucket/prefix
     s3_endpoint: str = ""  # S3-compatible store; empty uses AWS_ENDPOINT_URL or AWS itself
@@ -130,6 +131,7 @@ class TrackingConfig:
     run_name: str = ""
     tracking_uri: str = ""
     on_unreachable: str = "fail"  # fail | local
+    register_as: str = ""  # MLflow Model Registry name for the final G; "" registers nothing
 
 
 @dataclass
@@ -250,6 +252,10 @@ def _validate(cfg: Config) -> Config:
         ("eval.patch_size", 0 <= e.patch_size <= m.image_size,
          "must be 0 (off) or a tile side of at most model.image_size"),
         ("eval.top_frames", e.top_frames >= 0, "must be 0 or more"),
+        ("train.keep_best_by", t.keep_best_by == "" or re.fullmatch(r"auc(_gain)?/[\w.-]+", t.keep_best_by),
+         "must be '' or an AUC metric such as auc/mean, auc/<target>, auc_gain/mean"),
+        ("tracking.register_as", re.fullmatch(r"[\w.-]*", cfg.tracking.register_as),
+         "must be letters, digits, '.', '_' and '-' (an MLflow registered model name)"),
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]

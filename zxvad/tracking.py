@@ -1,8 +1,10 @@
 """MLflow, all of it: tracking URIs, tag names, what runs, trials and sweeps log, and loading G back.
 
 One run per training run, resumed by name, no secrets. The driver opens (or finds) the run before
-any Ray work, so an unreachable tracking server fails fast; rank 0 then logs into that run by id.
-Sweeps tag each trial's run and keep one sweep-level run; ``tune.compare`` reads them back here.
+any Ray work, so an unreachable tracking server fails fast, and logs the shard sets it reads as
+MLflow datasets; rank 0 then logs into that run by id, with system metrics, and logs G as a model
+with a signature (registered when ``tracking.register_as`` names it). A sweep is one parent run
+with one child run per trial (``mlflow.parentRunId``); ``tune.compare`` reads them back here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ TRIAL_TAG = "zxvad.trial_id"
 SEED_TAG = "zxvad.seed"
 ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
 GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: a sweep trial's run -> the sweep run
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
@@ -115,8 +118,13 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                             "tracking.on_unreachable=local to log to sqlite:///mlflow.db") from None
 
 
-def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
+def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
+             datasets: list[dict] | None = None) -> tuple[str, str]:
     """Find the run named ``run_name`` in the config's experiment or create it; log params.
+
+    Args:
+        parent_run_id: the sweep's run, when this run is one of its trials (a nested run).
+        datasets: ``{"context", "name", "source", "digest"}`` per shard set, logged as inputs.
 
     Returns ``(tracking_uri, run_id)``. Honours ``tracking.on_unreachable``: ``local`` falls back
     to the default sqlite store when the server is down, ``fail`` raises.
@@ -139,7 +147,8 @@ def open_run(cfg: Config, run_name: str) -> tuple[str, str]:
     if found:
         return uri, found[0].info.run_id
     with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id,
-                          tags={RUN_NAME_TAG: run_name}) as run:
+                          tags={RUN_NAME_TAG: run_name}, parent_run_id=parent_run_id or None) as run:
+        _log_datasets(datasets or [])
         params = safe_params(cfg)
         keys = list(params)
         for start in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
@@ -189,19 +198,42 @@ def recorded_status(uri: str, run_id: str) -> Iterator[None]:
     client.set_terminated(run_id, status="FINISHED")
 
 
+def _log_datasets(datasets: list[dict]) -> None:
+    """Each shard set as an MLflow dataset of the active run (its manifest digest, no data read)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    for ref in datasets:
+        dataset = MetaDataset(resolve_dataset_source(redact(ref["source"])), name=ref["name"],
+                              digest=ref["digest"])
+        mlflow.log_input(dataset, context=ref["context"])
+
+
 def metric_name(key: str) -> str:
     """Loss terms (``l_*``) under ``loss/``; everything else by its own name."""
     return f"loss/{key}" if key.startswith("l_") else key
 
 
 class RunLogger:
-    """Rank 0's handle on its training run: step metrics and, at the end, G as an MLflow model."""
+    """Rank 0's handle on its training run: step and system metrics, and at the end G as a model.
+
+    The run is active in this process while training, so MLflow samples its system metrics
+    (CPU, memory, GPU; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds apart, 10 by default).
+    """
 
     def __init__(self, uri: str, run_id: str):
         import mlflow
 
         self.uri, self.run_id = uri, run_id
         self.client = mlflow.MlflowClient(tracking_uri=uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.start_run(run_id=run_id, log_system_metrics=True)
+
+    def close(self) -> None:
+        import mlflow
+
+        mlflow.end_run()
 
     def log_metrics(self, values: dict, step: int) -> None:
         from mlflow.entities import Metric
@@ -210,16 +242,36 @@ class RunLogger:
         batch = [Metric(metric_name(k), float(v), now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_generator(self, G: Any, config_file: str | Path) -> None:
-        """The final G, with its config so it can be rebuilt anywhere."""
-        import mlflow
-        import mlflow.pytorch
+    def log_generator(self, G: Any, config_file: str | Path, cfg: Config, aucs: dict[str, float]) -> None:
+        """The final G with its config, a signature and an input example; registered if asked.
 
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id):
-            # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
-            mlflow.pytorch.log_model(G, name=GENERATOR_MODEL, serialization_format="pickle",
-                                     pip_requirements=["torch", "zxvad"], extra_files=[str(config_file)])
+        The registered version carries the AUCs as tags, so the registry alone can rank versions.
+        """
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        from zxvad.models.generator import PredictionOnly
+
+        G = PredictionOnly(G)  # one output tensor, so pyfunc and `mlflow models serve` work
+        m = cfg.model
+        example = torch.zeros(1, m.frames, 3, m.image_size, m.image_size)
+        was_training = G.training
+        G.eval()
+        with torch.no_grad():
+            prediction = G(example.to(next(G.parameters()).device)).cpu()
+        G.train(was_training)
+        register_as = cfg.tracking.register_as or None
+        # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
+        info = mlflow.pytorch.log_model(G, name=GENERATOR_MODEL, serialization_format="pickle",
+                                        pip_requirements=["torch", "zxvad"], extra_files=[str(config_file)],
+                                        signature=infer_signature(example.numpy(), prediction.numpy()),
+                                        input_example=example.numpy(), registered_model_name=register_as)
+        version = getattr(info, "registered_model_version", None)
+        if register_as and version is not None:
+            tags = {**{k: f"{v:.6f}" for k, v in aucs.items()}, RUN_NAME_TAG: cfg.tracking.run_name}
+            for key, value in tags.items():
+                self.client.set_model_version_tag(register_as, str(version), key, value)
 
 
 def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step: int | None = None,
@@ -244,6 +296,7 @@ def load_generator_model(uri: str, device, config_file: str) -> tuple[Any, str]:
 
     try:
         G = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
+        G = getattr(G, "G", G)  # logged as PredictionOnly(G); older runs logged G itself
         config_text = mlflow.artifacts.load_text(uri.rstrip("/") + "/extra_files/" + config_file)
     except Exception as err:
         raise TrackingError(f"MLflow model '{uri}': cannot be loaded ({str(err).splitlines()[0]})") from None
@@ -289,14 +342,20 @@ def log_sweep_result(uri: str, run_id: str, metric: str, value: float, files: li
     client.log_metric(run_id, f"best/{metric}", value)
     for path in files:
         client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
 
 
 UNSUCCESSFUL = ("FAILED", "KILLED")
 
 
-def training_runs(experiment: str, uri: str, include_failed: bool = False) -> list[Any]:
-    """The training runs of ``experiment`` that logged an AUC (not the sweep-level run), without
-    the FAILED or KILLED ones unless ``include_failed``."""
+def training_runs(experiment: str, uri: str, include_failed: bool = False,
+                  parent_run_id: str = "") -> list[Any]:
+    """The training runs of ``experiment`` that logged an AUC (not the sweep-level runs), without
+    the FAILED or KILLED ones unless ``include_failed``.
+
+    ``parent_run_id`` keeps the children of one sweep run; runs logged before sweeps nested
+    their trials carry no parent and are read only without it.
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -306,8 +365,10 @@ def training_runs(experiment: str, uri: str, include_failed: bool = False) -> li
         raise TrackingError(f"MLflow experiment '{experiment}' not found at {uri} "
                             f"(experiments: {', '.join(names) or 'none'})")
     runs, token = [], None
+    where = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
     while True:
-        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        page = client.search_runs([found.experiment_id], filter_string=where, max_results=1000,
+                                  page_token=token)
         runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
                  and any(k.startswith("auc/") for k in r.data.metrics)
                  and (include_failed or r.info.status not in UNSUCCESSFUL)]
@@ -315,7 +376,8 @@ def training_runs(experiment: str, uri: str, include_failed: bool = False) -> li
         if not token:
             break
     if not runs:
+        child = f" among the children of run {parent_run_id}" if parent_run_id else ""
         raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no "
-                            f"{'' if include_failed else 'successful '}run with an AUC metric"
+                            f"{'' if include_failed else 'successful '}run with an AUC metric{child}"
                             f"{'' if include_failed else ' (--include-failed shows failed ones)'}")
     return runs

@@ -61,6 +61,25 @@ def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
     return Inputs(train, donors, targets)
 
 
+def dataset_refs(cfg: Config) -> list[dict]:
+    """The shard sets a run reads, as MLflow datasets: context, name, source, manifest digest."""
+    from zxvad.data.shardset import manifest_digest
+
+    sets = [("training", cfg.data.train_shards, cfg.data.fraction)]
+    if cfg.data.donor_shards:
+        sets.append(("donor", cfg.data.donor_shards, 1.0))
+    sets += [(f"target:{name}", spec, 1.0) for name, spec in cfg.eval.targets.items()]
+    out: dict[tuple, dict] = {}
+    for context, spec, fraction in sets:
+        name = spec.rstrip("/").rsplit("/", 1)[-1] + ("" if fraction >= 1 else f"@{fraction:g}")
+        source = spec if is_s3(spec) else os.path.abspath(spec)
+        ref = {"context": context, "name": name, "source": source, "digest": manifest_digest(spec, fraction)}
+        same = out.setdefault((name, source, ref["digest"]), ref)
+        if same is not ref:  # MLflow keeps one input per dataset: one set in two roles joins them
+            same["context"] += f",{context}"
+    return list(out.values())
+
+
 def default_run_name(cfg: Config) -> str:
     """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
     if cfg.tracking.run_name:
@@ -218,7 +237,8 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
                     tracking.log_evaluation(run.run_id, results, figures, files if last else [],
                                             step=step, uri=run.uri)
             if last and run is not None:
-                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE)
+                auc = {k: v for k, v in metrics.items() if k.startswith(("auc/", "auc_gain/"))}
+                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE, job.cfg, auc)
             report_ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=report_ckpt)
 
@@ -263,18 +283,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last or bool(cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
         if last or step % cfg.train.checkpoint_every == 0 or evaluate_now:
             _save_and_report(job, state, losses, device, run, evaluate_now, last)
+    if run:
+        run.close()
 
 
 # ----------------------------------------------------------------------------- on the driver
 
 
-def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, verbose: bool = False):
+def checkpoint_config(cfg: Config, mode: str = "max"):
+    """Keep the ``train.keep_checkpoints`` best by ``train.keep_best_by``; Ray also keeps the latest.
+
+    Checkpoints saved between evaluations carry no AUC: Ray ranks them last, so they stay only
+    while they are the latest (what a resume needs). With no targets there is no AUC: keep the newest.
+    """
+    from ray.train import CheckpointConfig
+
+    if not cfg.train.keep_best_by or not cfg.eval.targets:
+        return CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints)
+    return CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                            checkpoint_score_attribute=cfg.train.keep_best_by, checkpoint_score_order=mode)
+
+
+def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, verbose: bool = False,
+                  best_mode: str = "max"):
     """The Ray Train V2 TorchTrainer for this job (``callbacks``: e.g. Tune's reporter).
 
     Unless ``verbose``, Ray Train's own log lines stay in its log files (logs/train of the Ray
     session), out of the terminal; the driver prints the root cause of a failure itself.
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = job.cfg
@@ -289,7 +326,7 @@ def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, v
                                      resources_per_worker=None if cfg.train.use_gpu else {"CPU": 1}),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=filesystem,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            checkpoint_config=checkpoint_config(cfg, best_mode),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": env},
             logging_config=LoggingConfig(log_level="INFO" if verbose else "CRITICAL"),
@@ -374,7 +411,16 @@ def fit_with_storage_retries(cfg: Config, inputs: Inputs, run_name: str, run_id:
     raise AssertionError("unreachable")
 
 
-def summary(result, run_name: str, run_id: str, uri: str) -> str:
+def best_checkpoint(result, cfg: Config, mode: str = "max"):
+    """``(checkpoint, value)`` of the kept checkpoint best by ``train.keep_best_by``, or None."""
+    metric = cfg.train.keep_best_by
+    scored = [(c, m[metric]) for c, m in (result.best_checkpoints or []) if metric and metric in m]
+    if not scored:
+        return None
+    return (max if mode == "max" else min)(scored, key=lambda item: item[1])
+
+
+def summary(result, cfg: Config, run_name: str, run_id: str, uri: str) -> str:
     metrics = result.metrics or {}
     lines = ["", f"run {run_name}: finished at step {metrics.get('step', '?')}"]
     if any(k.startswith("auc/") for k in metrics):
@@ -382,7 +428,10 @@ def summary(result, run_name: str, run_id: str, uri: str) -> str:
 
         lines.append(metrics_lib.table(metrics))
     if result.checkpoint is not None:
-        lines.append(f"checkpoint: {result.checkpoint.path}")
+        lines.append(f"latest checkpoint: {result.checkpoint.path}")
+    best = best_checkpoint(result, cfg)
+    if best is not None:
+        lines.append(f"best checkpoint ({cfg.train.keep_best_by} {best[1]:.4f}): {best[0].path}")
     if run_id:
         lines.append(f"MLflow run: {run_id} at {redact(uri)}")
         if uri.startswith("sqlite:///"):
@@ -418,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_mlflow:
             from zxvad import tracking
 
-            uri, run_id = tracking.open_run(cfg, run_name)
+            uri, run_id = tracking.open_run(cfg, run_name, datasets=dataset_refs(cfg))
     except (config_lib.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
@@ -447,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"error: training failed: {redact(str(err).strip().splitlines()[-1])}", file=sys.stderr)
         return 1
-    print(summary(result, run_name, run_id, uri))
+    print(summary(result, cfg, run_name, run_id, uri))
     return 0
 
 

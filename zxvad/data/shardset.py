@@ -199,6 +199,17 @@ def verify_shard_set(spec: str, fraction: float = 1.0, full_hash: bool = False) 
     return paths
 
 
+def manifest_digest(spec: str, fraction: float = 1.0) -> str:
+    """A short digest of the shards ``fraction`` reads, from their sha256 in the manifest."""
+    manifest, _ = load_manifest(spec if is_s3(spec) else os.path.abspath(spec))
+    try:
+        chosen = shards_for_fraction(manifest, fraction)
+    except (ValueError, KeyError) as err:
+        raise ShardError(f"shards {spec}: {err}") from None
+    joined = "\n".join(f"{s['name']} {s.get('sha256', s.get('bytes', ''))}" for s in chosen)
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
 def stored_quality(infos: list[ShardInfo]) -> str:
     """How the clips were stored, e.g. ``"vp9 lossless"`` (several joined with ``+``)."""
     kinds = sorted({f"{i.first.codec} {i.first.quality or 'unrecorded'}" for i in infos})

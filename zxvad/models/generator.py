@@ -168,3 +168,14 @@ class Generator(nn.Module):
         x = self.up2(x, x2)
         x = self.up3(x, x1)
         return GeneratorOutput(torch.tanh(self.outc(x)), weights)
+
+
+class PredictionOnly(nn.Module):
+    """G with only its predicted frame as output: what MLflow's pyfunc serves (one tensor out)."""
+
+    def __init__(self, G: Generator):
+        super().__init__()
+        self.G = G
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.G(frames).prediction
