@@ -32,7 +32,7 @@ def test_jester_like_is_deterministic_and_read_by_the_jester_reader(tmp_path):
     assert sum(len(v.source) for v in train + test) == a["frames"]
     first = train[0]
     assert first.source[0].name == "00001.jpg" and 3 <= len(first.source) <= 6
-    assert readers.probe(first) == (len(first.source), 12.0, 16, 16)
+    assert readers.probe(first) == (len(first.source), 12.0, 16, 16, 0)
     assert len(list(readers.read_frames(first))) == len(first.source)
 
 
