@@ -377,7 +377,7 @@ def training_runs(experiment: str, uri: str, include_failed: bool = False,
             break
     if not runs:
         child = f" among the children of run {parent_run_id}" if parent_run_id else ""
-        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no "
-                            f"{'' if include_failed else 'successful '}run with an AUC metric{child}"
-                            f"{'' if include_failed else ' (--include-failed shows failed ones)'}")
+        failed = "" if include_failed else " that did not fail (--include-failed shows failed ones)"
+        raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC "
+                            f"metric{child}{failed}")
     return runs
