@@ -104,8 +104,10 @@ def search_algorithm(sweep: Sweep):
         from ray.tune.search.hyperopt import HyperOptSearch
 
         return HyperOptSearch(random_state_seed=sweep.search_seed)
-    # constant_grid_search: random values drawn once per sample, kept over the seed grid
-    return BasicVariantGenerator(constant_grid_search=True, random_state=sweep.search_seed)
+    # constant_grid_search: random values drawn once per sample, kept over the seed grid;
+    # max_concurrent: trials are made as slots free up, so they run in the order they were drawn
+    return BasicVariantGenerator(constant_grid_search=True, random_state=sweep.search_seed,
+                                 max_concurrent=sweep.max_concurrent)
 
 
 def _tune_config(sweep: Sweep, concurrency: int):

@@ -68,9 +68,10 @@ def run_trial(config: dict, sweep: Sweep, uri: str, storage_path: str, parent_ru
                                      tracking.SEED_TAG: str(seed)})
 
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
+    # No tracking.recorded_status here: Tune ends a trial that reached max_t (or that ASHA stopped)
+    # by interrupting it, which that would record as FAILED; rank 0's RunLogger ends the run.
     job = train.make_job(cfg, inputs, run_id, uri)
-    with tracking.recorded_status(uri, run_id):
-        train.build_trainer(job, run_name, callbacks=[report], best_mode=sweep.mode).fit()
+    train.build_trainer(job, run_name, callbacks=[report], best_mode=sweep.mode).fit()
 
 
 class Progress(ray.tune.Callback):
