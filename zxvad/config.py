@@ -24,6 +24,9 @@ CRITIC_NORMS = ("batch", "instance", "none")
 ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
 # Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Keys renamed since configs were first written (old -> new): YAML files and checkpoints written
+# before still load, and run names hash the old names so those runs still resume.
+RENAMED_KEYS = {"model.frames": "model.T"}  # issue 15: "frames" meant T
 
 
 class ConfigError(ValueError):
@@ -35,7 +38,7 @@ class ModelConfig:
     """G, D, N and R. ``width`` is G's first U-Net level (64 in the paper)."""
 
     image_size: int = 256  # square frames, H = W
-    frames: int = 4  # T: G sees T frames and predicts frame T+1
+    T: int = 4  # G sees T frames and predicts frame T+1
     width: int = 64  # U-Net levels are width, 2w, 4w, 8w
     memory_items: int = 2000  # K
     memory_dim: int = 512  # Q; must equal 8 * width (G's bottleneck channels)
@@ -208,7 +211,7 @@ def _validate(cfg: Config) -> Config:
     checks = [
         ("model.image_size", m.image_size >= 32 and m.image_size % 16 == 0,
          "must be a multiple of 16 and at least 32 (four 2x poolings in G)"),
-        ("model.frames", m.frames >= 1, "must be at least 1"),
+        ("model.T", m.T >= 1, "must be at least 1"),
         ("model.width", m.width >= 1, "must be positive"),
         ("model.memory_items", m.memory_items >= 1, "must be positive"),
         ("model.memory_dim", m.memory_dim == 8 * m.width,
@@ -297,7 +300,7 @@ def from_dict(raw: dict[str, Any] | None, base: Config | None = None) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config key '{section}': expected a mapping of keys, got {values!r}")
         for key, value in values.items():
-            set_value(cfg, f"{section}.{key}", value)
+            set_value(cfg, RENAMED_KEYS.get(f"{section}.{key}", f"{section}.{key}"), value)
     return cfg
 
 

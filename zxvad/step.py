@@ -218,7 +218,7 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
         O's mask_area. With ``loss.alpha_N == 0`` N is switched off (no
         synthesis, no N update, no N term in L_G) and its terms read 0.
     """
-    T = state.cfg.model.frames
+    T = state.cfg.model.T
     if clips.dim() != 5 or clips.shape[1] != T + 1 or clips.shape[2] != 3:
         raise ValueError(f"clips of shape {tuple(clips.shape)}: expected (B, {T + 1}, 3, H, W)")
     for module in (state.G, state.D, state.N, state.arcface):
@@ -263,7 +263,7 @@ def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, am
                               "mask_area"), zero)
     with torch.no_grad():
         syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
-                         generator=generator, frames=cfg.model.frames)
+                         generator=generator, T=cfg.model.T)
         state.section("o")
         augmented = state.augment((fake + 1) / 2) * 2 - 1
         state.section("augment")

@@ -84,7 +84,8 @@ def default_run_name(cfg: Config) -> str:
     """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    flat = {k: v for k, v in cfg.flat().items() if k != "train.steps"}
+    old_name = {new: old for old, new in config_lib.RENAMED_KEYS.items()}  # runs started before resume
+    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k != "train.steps"}
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     return f"{cfg.tracking.experiment}-{digest}"
 
@@ -180,13 +181,13 @@ def _loaders(job: TrainJob, step: int, rank: int, world: int, device: torch.devi
     from zxvad.data import ClipLoader, DonorLoader
 
     cfg = job.cfg
-    T, size = cfg.model.frames, (cfg.model.image_size, cfg.model.image_size)
+    size = (cfg.model.image_size, cfg.model.image_size)
     common = dict(batch_size=cfg.train.batch_size, size=size, shard_id=rank, num_shards=world,
                   device=device, threads=cfg.data.loader_threads,
                   shuffle_buffer=cfg.data.shuffle_buffer)
     # A resumed run reshuffles with a new seed so it does not replay the same clips.
     seed = cfg.data.seed + 7919 * step
-    clips = ClipLoader(job.inputs.train, frames=T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
+    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
     donors = DonorLoader(job.inputs.donors, seed=seed + 1, **common)
     return iter(clips), iter(donors)
 
@@ -195,13 +196,13 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
     """Zero-shot AUC on every target, the report in ``folder/eval``; ``(results, figures, files)``."""
     from zxvad import evaluate as ev
 
-    results = ev.evaluate_targets(state.G, targets, frames=cfg.model.frames,
+    results = ev.evaluate_targets(state.G, targets, T=cfg.model.T,
                                   size=cfg.model.image_size, device=device,
                                   batch_size=cfg.eval.batch_size,
                                   top_frames=cfg.eval.top_frames, progress=False,
                                   patch_size=cfg.eval.patch_size)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
-    files = ev.write_report(results, folder / "eval", frames=cfg.model.frames,
+    files = ev.write_report(results, folder / "eval", T=cfg.model.T,
                             figures=figures, plots=cfg.eval.plots and last)
     print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
     return results, figures, files

@@ -1,7 +1,7 @@
 """Shards to torch batches: DALI loaders for training clips, donor frames and ordered evaluation.
 
     shards = resolve_shards("out/shards/train", fraction=0.25)
-    clips = ClipLoader(shards, batch_size=8, frames=5, size=(256, 256), shard_id=rank, num_shards=world)
+    clips = ClipLoader(shards, batch_size=8, clip_len=5, size=(256, 256), shard_id=rank, num_shards=world)
     donors = DonorLoader(resolve_shards("out/shards/ti"), batch_size=8, size=(256, 256))
     for x, o in zip(clips, donors): ...        # (B, T+1, 3, H, W), (B, 3, H, W), both in [-1, 1]
 

@@ -166,7 +166,7 @@ class ClipLoader(_RandomLoader):
     Args:
         shards: tar paths or s3:// URLs (``resolve_shards``).
         batch_size: clips per batch (per rank).
-        frames: T+1, consecutive frames per clip.
+        clip_len: T+1, the consecutive frames of each returned clip.
         size: (H, W) of the output frames.
         stride: temporal stride between the frames.
         shard_id, num_shards: this rank's part of the set (disjoint parts, equal step counts).
@@ -176,26 +176,26 @@ class ClipLoader(_RandomLoader):
         shuffle_buffer: samples in the reader's shuffle buffer.
     """
 
-    def __init__(self, shards: list[str], *, batch_size: int, frames: int, size: tuple[int, int],
+    def __init__(self, shards: list[str], *, batch_size: int, clip_len: int, size: tuple[int, int],
                  stride: int = 1, shard_id: int = 0, num_shards: int = 1, seed: int = 0,
                  device: str | torch.device = "cpu", threads: int = 2, shuffle_buffer: int = 256):
-        if frames < 1 or stride < 1:
-            raise ShardError(f"frames {frames}, stride {stride}: expected both >= 1")
-        super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=frames, stride=stride),
+        if clip_len < 1 or stride < 1:
+            raise ShardError(f"clip_len {clip_len}, stride {stride}: expected both >= 1")
+        super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=clip_len, stride=stride),
                          batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                          device=device, threads=threads, shuffle_buffer=shuffle_buffer)
-        span = (frames - 1) * stride + 1
+        span = (clip_len - 1) * stride + 1
         for info in self.infos:
             if info.first.num_frames < span:
                 raise ShardError(f"shard {info.path}: clips hold {info.first.num_frames} frames, fewer "
-                                 f"than the {span} that {frames} frames at stride {stride} span; re-shard "
+                                 f"than the {span} that {clip_len} frames at stride {stride} span; re-shard "
                                  "with a larger --clip-len")
 
 
 class DonorLoader(_RandomLoader):
     """Single donor frames ``(B, 3, H, W)`` in [-1, 1] for O, iterable forever.
 
-    Takes the arguments of :class:`ClipLoader` without ``frames`` and ``stride``; the donor set may
+    Takes the arguments of :class:`ClipLoader` without ``clip_len`` and ``stride``; the donor set may
     be the training set (VAD only, TI only) or another one (VAD+TI).
     """
 
