@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from array import array
@@ -34,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from shards.storage import StagedFile, atomic_path, atomic_write
 from zxvad import metrics, scoring
 from zxvad.checkpoint import load_generator as load_detector
 from zxvad.resources import peak_rss_mb
@@ -145,9 +145,8 @@ class _CsvRows:
     """``NAME.csv`` written row by row into a hidden partial file, renamed when complete."""
 
     def __init__(self, path: Path, with_flag: bool):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.partial")
-        self.file = open(self.tmp, "w")
+        self.staged = StagedFile(path)
+        self.file = open(self.staged.tmp, "w")
         self.file.write("frame,time_s,psnr,score" + (",anomalous\n" if with_flag else "\n"))
 
     def write(self, index: int, t: float, psnr: float, score: float, flag: int | None) -> None:
@@ -156,12 +155,11 @@ class _CsvRows:
 
     def finish(self) -> Path:
         self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self.staged.commit()
 
     def abort(self) -> None:
         self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.staged.discard()
 
 
 def _heat_colors() -> torch.Tensor:
@@ -369,10 +367,7 @@ def _write_json(det: Detection, path: Path) -> Path:
     }
     if det.anomalous is not None:
         report["frames"]["anomalous"] = det.anomalous.tolist()
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(report))
 
 
 def plot_curve(det: Detection, path: str | Path) -> Path:
@@ -400,10 +395,9 @@ def plot_curve(det: Detection, path: str | Path) -> Path:
     bottom.set_ylabel("PSNR (dB)")
     bottom.set_xlabel("time (s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
     return path

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from shards.storage import atomic_write
 from zxvad import metrics, scoring
 from zxvad.ddp import unwrap as _unwrap
 
@@ -337,10 +337,7 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, T: in
                                  "patch_baseline_auc": r.patch_baseline_aucs,
                                  "scored_frames": r.num_frames, "videos": r.videos}
                           for name, r in results.items()}}
-    files = [out / "results.json"]
-    tmp = out / ".results.json.partial"
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, files[0])
+    files = [atomic_write(out / "results.json", json.dumps(report))]
     if plots:
         from zxvad import plots as plot_lib
 
