@@ -52,6 +52,21 @@ def test_set(tmp_path_factory) -> Path:
     return built_set(tmp_path_factory.mktemp("test"), [11, 7, 14], "test", "mjpeg", clip_len=6, overlap=2)
 
 
+def test_loaders_take_shards_checked_before_without_opening_them_again(train_set, test_set, monkeypatch):
+    """The training driver checks every shard once; a worker's loaders trust its ShardInfos."""
+    from zxvad.data import check_shards, shardset
+
+    train_infos = check_shards(resolve_shards(str(train_set)), gpu=False)
+    test_infos = check_shards(resolve_shards(str(test_set)), gpu=False)
+    opened = []
+    monkeypatch.setattr(shardset, "read_bytes", lambda *a, **k: opened.append(a) or pytest.fail("re-read"))
+    clips = ClipLoader(train_infos, batch_size=2, clip_len=3, size=(8, 8), threads=1, shuffle_buffer=4)
+    donors = DonorLoader(train_infos, batch_size=2, size=(8, 8), threads=1, shuffle_buffer=4)
+    evaluation = EvalLoader(test_infos, size=(8, 8), threads=1)
+    assert clips.infos == donors.infos == train_infos and evaluation.infos == test_infos and not opened
+    assert next(iter(clips)).shape == (2, 3, 3, 8, 8) and len(evaluation) == 8
+
+
 def test_clip_loader_shapes_range_and_consecutive_frames(train_set):
     loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, clip_len=5, size=(24, 40),
                         threads=1, shuffle_buffer=8)

@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
 from zxvad.tracking import redact
 
+if TYPE_CHECKING:
+    from zxvad.data import ShardInfo
+
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
                  "ZXVAD_REAL_CLIPS")
@@ -37,20 +41,23 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW
 
 @dataclass
 class Inputs:
-    """Shard lists resolved on the driver, before any cluster work."""
+    """The shards a run reads, resolved and checked once on the driver, before any cluster work;
+    the workers' loaders take them as they are (``zxvad.data.checked_shards``)."""
 
-    train: list[str]
-    donors: list[str]
-    targets: dict[str, list[str]]
+    train: list[ShardInfo]
+    donors: list[ShardInfo]
+    targets: dict[str, list[ShardInfo]]
 
 
 def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
-    """Every shard set of the config resolved (fraction applied) and checked against its manifest
-    (sizes and index offsets; every sha256 too with ``verify_hash``); one clear error otherwise."""
-    from zxvad.data import verify_shard_set
+    """Every shard set of the config resolved (fraction applied), checked against its manifest
+    (sizes and index offsets; every sha256 too with ``verify_hash``) and checked for the loaders
+    (indexes, clip metadata, a codec the workers' decoder reads); one clear error otherwise."""
+    from zxvad.data import check_shards, verify_shard_set
 
-    def resolve(spec: str, fraction: float = 1.0) -> list[str]:
-        return verify_shard_set(spec, fraction, full_hash=verify_hash)
+    def resolve(spec: str, fraction: float = 1.0) -> list[ShardInfo]:
+        paths = verify_shard_set(spec, fraction, full_hash=verify_hash)
+        return check_shards(paths, gpu=cfg.train.use_gpu)
 
     if not cfg.data.train_shards:
         raise ValueError("config key 'data.train_shards' is empty: name G's training shards "
@@ -132,7 +139,10 @@ def check_storage(cfg: Config) -> None:
 
 @dataclass
 class TrainJob:
-    """What every worker gets: the validated config, its resolved shards and its MLflow run."""
+    """What every worker gets: the validated config, its resolved shards and its MLflow run.
+
+    Workers read their data from ``inputs`` only; ``cfg.data.*_shards`` stay in the config as
+    the record a checkpoint's config.yaml keeps (so it can start a run again)."""
 
     cfg: Config
     inputs: Inputs

@@ -9,7 +9,7 @@
         for x, frame_index, label in windows: ...
 """
 
-from zxvad.data.shardset import ShardError, check_shards, is_lossless, resolve_shards, shard_set_quality, \
+from zxvad.data.shardset import ShardError, ShardInfo, check_shards, checked_shards, is_lossless, resolve_shards, shard_set_quality, \
     verify_shard_set
 from zxvad.data.windows import iterate_videos, prediction_windows
 
@@ -23,5 +23,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'zxvad.data' has no attribute {name!r}")
 
 
-__all__ = ["ShardError", "resolve_shards", "verify_shard_set", "check_shards", "shard_set_quality", "is_lossless", "ClipLoader", "DonorLoader", "EvalLoader",
+__all__ = ["ShardError", "ShardInfo", "resolve_shards", "verify_shard_set", "check_shards", "checked_shards", "shard_set_quality", "is_lossless", "ClipLoader", "DonorLoader", "EvalLoader",
            "EvalClip", "prediction_windows", "iterate_videos"]
