@@ -306,6 +306,35 @@ def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
     assert "99.00" not in capsys.readouterr().out
 
 
+def test_sweep_trial_runs_end_as_tune_saw_the_trials_end(tmp_path, capsys):
+    """Tune kills a stopped trial's actor, so the driver's RunStatus records each trial's end."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from tune import compare
+    from tune.trial import RunStatus
+    from zxvad import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = tracking.experiment_id(uri, "sw")
+    trials = {name: SimpleNamespace(trial_id=name, status=status) for name, status in (
+        ("done", "TERMINATED"), ("cut", "TERMINATED"), ("raised", "ERROR"), ("running", "RUNNING"),
+        ("pending", "PENDING"))}
+    for name in ("done", "cut", "raised", "running"):  # "pending" never started: no run
+        run = client.create_run(experiment, run_name=f"sw-{name}", tags={tracking.RUN_NAME_TAG: f"sw-{name}"})
+        client.log_metric(run.info.run_id, "auc/street", 0.5)  # left RUNNING, as a killed worker leaves it
+    callback = RunStatus(uri, "sw")
+    for name in ("done", "cut"):  # completed, or stopped by ASHA: both reach on_trial_complete
+        callback.on_trial_complete(0, list(trials.values()), trials[name])
+    callback.on_trial_error(0, list(trials.values()), trials["raised"])
+    callback.on_experiment_end(list(trials.values()))  # Ctrl+C: "running" was still running
+    status = {r.info.run_name: r.info.status for r in client.search_runs([experiment])}
+    assert status == {"sw-done": "FINISHED", "sw-cut": "FINISHED", "sw-raised": "FAILED", "sw-running": "KILLED"}
+    assert {r.info.run_name for r in compare.load_runs("sw", uri)} == {"sw-done", "sw-cut"}
+
+
 # -- items 2 and 8: a permanent worker error is not retried; Ray's own lines stay in its logs ----
 
 def test_permanent_worker_errors_stop_the_run_and_transient_ones_do_not():

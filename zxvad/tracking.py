@@ -198,6 +198,23 @@ def recorded_status(uri: str, run_id: str) -> Iterator[None]:
     client.set_terminated(run_id, status="FINISHED")
 
 
+def end_named_run(uri: str, experiment: str, run_name: str, status: str) -> str | None:
+    """End the run named ``run_name`` in ``experiment`` with ``status`` (a sweep's driver records
+    how Tune saw a trial end); returns the run id, or None when no such run was opened."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                              max_results=1)
+    if not runs:
+        return None
+    client.set_terminated(runs[0].info.run_id, status=status)
+    return runs[0].info.run_id
+
+
 def _log_datasets(datasets: list[dict]) -> None:
     """Each shard set as an MLflow dataset of the active run (its manifest digest, no data read)."""
     import mlflow
