@@ -123,8 +123,44 @@ def test_index_past_the_end_and_sha256_are_caught(shard_set):
     fields = lines[-1].split()
     fields[2] = str(int(fields[2]) + len(data))  # an offset beyond the tar
     index.write_text("\n".join(lines[:-1] + [" ".join(fields)]) + "\n")
+    with pytest.raises(ShardError, match="index .* (has .* bytes|differs from the manifest's sha256)"):
+        verify_shard_set(str(shard_set))
+    _drop_index_records(shard_set)  # a manifest from before index sizes were recorded
     with pytest.raises(ShardError, match="past the end of the tar"):
         verify_shard_set(str(shard_set))
+
+
+def _drop_index_records(shard_set: Path) -> None:
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        entry.pop("index_bytes"), entry.pop("index_sha256")
+    (shard_set / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_manifest_records_each_index_and_the_driver_compares_it(shard_set):
+    import hashlib
+
+    from zxvad.data import ShardError, verify_shard_set
+
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        index = (shard_set / entry["index"]).read_bytes()
+        assert entry["index_bytes"] == len(index) and entry["index_sha256"] == hashlib.sha256(index).hexdigest()
+    index = sorted(shard_set.glob("*.idx"))[1]
+    healthy = index.read_bytes()
+    index.write_bytes(healthy[:-20])  # cut, still parses as an index of fewer bytes
+    with pytest.raises(ShardError, match=f"index {index} has {len(healthy) - 20} bytes, but the manifest "
+                                         f"records {len(healthy)}"):
+        verify_shard_set(str(shard_set))
+    flipped = bytearray(healthy)
+    position = healthy.rindex(b" ") - 1  # a digit of the last entry's size: same length, other value
+    flipped[position] = ord("1") if flipped[position] != ord("1") else ord("2")
+    index.write_bytes(bytes(flipped))
+    with pytest.raises(ShardError, match="differs from the manifest's sha256"):
+        verify_shard_set(str(shard_set))
+    index.write_bytes(healthy)
+    _drop_index_records(shard_set)  # old manifests still load, without the index check
+    assert len(verify_shard_set(str(shard_set))) == len(manifest["shards"])
 
 
 # -- items 4 and 5: test sets are sacred; an all-bad build writes nothing ------------------------
