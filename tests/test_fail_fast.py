@@ -342,6 +342,41 @@ def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
     assert "99.00" not in capsys.readouterr().out
 
 
+def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from tune.trial import sweep_run
+    from tune import space
+    from zxvad import tracking, train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    plain = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1")
+    rooted = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1", "tracking.artifact_location=arts")
+    assert train.default_run_name(plain) == train.default_run_name(rooted)  # a resume may add it
+    assert train.default_run_name(plain) != train.default_run_name(tiny_config("tracking.experiment=e1", "train.lr_g=1e-3"))
+    _, run_id = tracking.open_run(rooted, "r1")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
+    assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "arts").as_uri())
+    assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
+    assert (tmp_path / "arts").is_dir() and not (tmp_path / "db" / "mlartifacts").exists()
+    capsys.readouterr()
+    elsewhere = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1",
+                            "tracking.artifact_location=s3://other/root")
+    tracking.open_run(elsewhere, "r2")  # MLflow cannot move an experiment: it says so and keeps it
+    assert "warning: MLflow experiment 'e1' keeps its artifact location" in capsys.readouterr().out
+    assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("name: sw\nbase: demo\nsearch: random\nsamples: 1\n"
+                          "space: {loss.alpha_n: {choice: [1.0]}}\nset: {tracking.artifact_location: sweep-arts}\n")
+    sweep = space.load(str(sweep_file))
+    assert sweep.trial_config({}, 0).tracking.artifact_location == str(tmp_path / "sweep-arts")  # trials run elsewhere
+    sweep_run(sweep, uri, sweep_file.read_text())
+    assert client.get_experiment_by_name("sw").artifact_location == (tmp_path / "sweep-arts").as_uri()
+
+
 def test_sweep_trial_runs_end_as_tune_saw_the_trials_end(tmp_path, capsys):
     """Tune kills a stopped trial's actor, so the driver's RunStatus records each trial's end."""
     from types import SimpleNamespace

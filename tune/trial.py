@@ -166,4 +166,5 @@ def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
               "scheduler": sweep.scheduler.kind, "samples": sweep.samples, "seeds": sweep.seeds,
               "base": sweep.base_ref,
               "space": json.dumps({d.name: {d.kind: d.values} for d in sweep.space}, default=str)[:6000]}
-    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text)
+    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text,
+                                   sweep.base.tracking.artifact_location)

@@ -141,7 +141,8 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
         print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment))
+    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment,
+                                                                   cfg.tracking.artifact_location))
     found = mlflow.search_runs([experiment.experiment_id], output_format="list",
                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
     if found:
@@ -157,24 +158,34 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
         return uri, run.info.run_id
 
 
-def default_artifact_root(uri: str) -> str | None:
-    """Beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
-    folder, wherever the command ran); None (the store's own default) otherwise."""
+def default_artifact_root(uri: str, artifact_location: str = "") -> str | None:
+    """``artifact_location`` (``tracking.artifact_location``; a folder is made absolute) if given;
+    else beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
+    folder, wherever the command ran); else None (the store's own default)."""
+    if artifact_location:
+        return artifact_location if "://" in artifact_location else Path(artifact_location).resolve().as_uri()
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
 
 
-def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created with :func:`default_artifact_root` if new (an
-    existing experiment keeps the artifact location it was made with)."""
+def experiment_id(uri: str, name: str, artifact_location: str = "") -> str:
+    """The id of experiment ``name``, created with :func:`default_artifact_root` if new.
+
+    An existing experiment keeps the artifact location it was made with (MLflow cannot move it):
+    a different ``artifact_location`` is reported, not applied.
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_root(uri))
+    if found is None:
+        return client.create_experiment(name, artifact_location=default_artifact_root(uri, artifact_location))
+    wanted = default_artifact_root(uri, artifact_location) if artifact_location else None
+    if wanted and wanted.rstrip("/") != found.artifact_location.rstrip("/"):
+        print(f"warning: MLflow experiment '{name}' keeps its artifact location {redact(found.artifact_location)}; "
+              "tracking.artifact_location applies to new experiments", flush=True)
+    return found.experiment_id
 
 
 @contextmanager
@@ -332,18 +343,17 @@ def tag_trial(uri: str, run_id: str, tags: dict[str, str]) -> int:
     return attempt
 
 
-def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text: str) -> str:
+def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text: str,
+                   artifact_location: str = "") -> str:
     """The sweep-level run of experiment ``sweep`` (found by its role tag, or created)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(sweep)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        sweep, artifact_location=default_artifact_root(uri))
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
+    experiment = experiment_id(uri, sweep, artifact_location)
+    found = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"{sweep}-sweep",
+    run = client.create_run(experiment, run_name=f"{sweep}-sweep",
                             tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)

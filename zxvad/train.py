@@ -87,12 +87,16 @@ def dataset_refs(cfg: Config) -> list[dict]:
     return list(out.values())
 
 
+# Keys that may change between a run and its resume: more steps, a new experiments' artifact root.
+NOT_IN_RUN_NAME = ("train.steps", "tracking.artifact_location")
+
+
 def default_run_name(cfg: Config) -> str:
     """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     old_name = {new: old for old, new in config_lib.RENAMED_KEYS.items()}  # runs started before resume
-    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k != "train.steps"}
+    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k not in NOT_IN_RUN_NAME}
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     return f"{cfg.tracking.experiment}-{digest}"
 
