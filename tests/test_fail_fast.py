@@ -163,6 +163,27 @@ def test_the_manifest_records_each_index_and_the_driver_compares_it(shard_set):
     assert len(verify_shard_set(str(shard_set))) == len(manifest["shards"])
 
 
+def test_a_dali_error_on_shards_damaged_after_the_check_is_permanent(shard_set):
+    """The driver's check passed, then the tars were cut: DALI's RuntimeError in the worker is
+    re-classified by checking the sets again, so Ray Train does not retry it (ShardError)."""
+    from zxvad import train
+    from zxvad.data import ClipLoader, ShardError
+
+    cfg = tiny_config(f"data.train_shards={shard_set}", f"data.donor_shards={shard_set}", "eval.targets={}")
+    inputs = train.resolve_inputs(cfg)
+    assert inputs.sets == [(str(shard_set), 1.0), (str(shard_set), 1.0)]
+    with pytest.raises(RuntimeError, match="store unreachable") as err:  # sound shards: still retried
+        with train.data_errors_classified(inputs):
+            raise RuntimeError("store unreachable")
+    assert not isinstance(err.value, ValueError)
+    for tar in inputs.train:  # after the driver's check, before the worker's DALI reads them
+        os.truncate(tar, 1024)  # every sample past the first header is gone
+    with pytest.raises(ShardError, match=r"shard .*clips-0000\d\d\.tar: 1024 bytes, but the manifest records .*\(DALI: ") as err:
+        with train.data_errors_classified(inputs):
+            next(iter(ClipLoader(inputs.train, batch_size=2, frames=5, size=(16, 16), seed=0, threads=1)))
+    assert type(err.value.__cause__) is RuntimeError and "Critical error" not in str(err.value)
+
+
 # -- items 4 and 5: test sets are sacred; an all-bad build writes nothing ------------------------
 
 def _avi(path: Path, frames: int = 30) -> Path:

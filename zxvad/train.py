@@ -17,7 +17,8 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,8 @@ class Inputs:
     train: list[ShardInfo]
     donors: list[ShardInfo]
     targets: dict[str, list[ShardInfo]]
+    # (absolute spec, fraction) of each set: what a worker re-checks when DALI fails
+    sets: list[tuple[str, float]] = field(default_factory=list)
 
 
 def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
@@ -55,7 +58,10 @@ def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
     (indexes, clip metadata, a codec the workers' decoder reads); one clear error otherwise."""
     from zxvad.data import check_shards, verify_shard_set
 
+    sets = []
+
     def resolve(spec: str, fraction: float = 1.0) -> list[ShardInfo]:
+        sets.append((spec if is_s3(spec) else os.path.abspath(spec), fraction))
         paths = verify_shard_set(spec, fraction, full_hash=verify_hash)
         return check_shards(paths, gpu=cfg.train.use_gpu)
 
@@ -65,7 +71,7 @@ def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
     train = resolve(cfg.data.train_shards, cfg.data.fraction)
     donors = resolve(cfg.data.donor_shards) if cfg.data.donor_shards else train
     targets = {name: resolve(spec) for name, spec in cfg.eval.targets.items()}
-    return Inputs(train, donors, targets)
+    return Inputs(train, donors, targets, sets)
 
 
 def dataset_refs(cfg: Config) -> list[dict]:
@@ -175,6 +181,43 @@ class _Progress:
         return f"step {step}/{self.total} | {terms} | {rate:.2f} step/s | ETA {eta_text}"
 
 
+def shard_defect(inputs: Inputs) -> Exception | None:
+    """The driver's cheap shard-set check, run again: the ShardError of a set damaged since the run
+    started, or None (the sets are sound, or cannot be reached now: an outage, worth a retry)."""
+    from zxvad.data import ShardError, verify_shard_set
+
+    for spec, fraction in inputs.sets:
+        try:
+            verify_shard_set(spec, fraction)
+        except ShardError as err:
+            return err
+        except Exception:  # a storage outage: no verdict
+            return None
+    return None
+
+
+@contextmanager
+def data_errors_classified(inputs: Inputs):
+    """A RuntimeError while DALI reads (DALI raises nothing else, for a corrupt shard as for an
+    unreachable store) becomes a permanent ShardError when the shard sets are now damaged; it
+    stays a RuntimeError, which Ray Train retries, when they check out."""
+    try:
+        yield
+    except RuntimeError as err:
+        defect = shard_defect(inputs)
+        if defect is None:
+            raise
+        raise type(defect)(f"{defect} (DALI: {_dali_summary(str(err))})") from err
+
+
+def _dali_summary(text: str) -> str:
+    """The line of a DALI error that says what went wrong (after its pipeline traceback)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:
+        return lines[lines.index("encountered:") + 1][:200]
+    return next((line for line in lines if not line.startswith("Critical error")), "no message")[:200]
+
+
 def _restore(state, rank: int) -> bool:
     """Load the latest checkpoint Ray hands this worker, if any; True when it did."""
     import ray.train
@@ -245,8 +288,9 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
         if ray.train.get_context().get_world_rank() == 0:
             ckpt.save(state, folder)
             if evaluate_now:
-                results, figures, files = _evaluate(state, job.cfg, job.inputs.targets, device, step,
-                                                    Path(folder), last)
+                with data_errors_classified(job.inputs):
+                    results, figures, files = _evaluate(state, job.cfg, job.inputs.targets, device, step,
+                                                        Path(folder), last)
                 metrics.update(_evaluation_metrics(results, figures))
                 if run is not None:
                     tracking.log_evaluation(run.run_id, results, figures, files if last else [],
@@ -284,8 +328,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = _Progress(cfg.train.steps, state.step)
     while state.step < cfg.train.steps:
+        with data_errors_classified(job.inputs):
+            batch, donor = next(clips), next(donors)
         # lazy: the loss floats come back (one host sync) only at log and checkpoint steps
-        losses = train_step(state, next(clips), next(donors))
+        losses = train_step(state, batch, donor)
         step = state.step
         last = step >= cfg.train.steps
         if rank == 0 and (step % cfg.train.log_every == 0 or last):
