@@ -458,6 +458,38 @@ def test_trainer_keeps_ray_internals_out_of_the_terminal(tmp_path):
     assert any(type(c).__name__ == "StopOnPermanentErrors" for c in quiet.callbacks)
 
 
+def test_only_the_training_workers_own_lines_reach_the_terminal():
+    """What Ray streams to the driver (log_to_driver) passes through train's filter: Ray's internal
+    actors' lines (they stay in Ray's session logs, which Ray writes before streaming) are dropped."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from zxvad import train
+
+    printed = []
+    before = list(dispatcher.handlers)
+    dispatcher.handlers = [("ray_print_logs", printed.append)]  # as ray.init(log_to_driver=True) adds it
+    try:
+        assert train.show_only_worker_lines()
+        batches = [
+            {"actor_name": "PlacementGroupCleaner", "is_err": True, "pid": 7, "lines": [
+                "Traceback (most recent call last):", "ray.util.state.exception.RayStateApiException: "
+                "Failed to query Ray Train Controller actor state"]},
+            {"actor_name": "TrainController", "is_err": True, "pid": 8, "lines": [
+                "[2026-11-30 13:00:00,000 W 8 8] core_worker.cc:1234: task failed"]},
+            {"actor_name": "", "task_name": "", "pid": "raylet", "is_err": True, "lines": ["raylet noise"]},
+            {"actor_name": "RayTrainWorker", "is_err": False, "pid": 9, "lines": [
+                "step 1/4 | l_rec 0.1 | 1.00 step/s | ETA 0m03s"]},
+            {"actor_name": "RayTrainWorker", "is_err": True, "pid": 9, "lines": [
+                "/site-packages/torch/x.py:1: UserWarning: deprecated", "warning: shard x is slow"]},
+        ]
+        for batch in batches:
+            dispatcher.emit(batch)
+    finally:
+        dispatcher.handlers = before
+    assert [(b["pid"], b["lines"]) for b in printed] == [
+        (9, ["step 1/4 | l_rec 0.1 | 1.00 step/s | ETA 0m03s"]), (9, ["warning: shard x is slow"])]
+
+
 @pytest.mark.slow
 def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
     """End to end on a local Ray: clips too short for T+1 fail in the worker, once, exit 2."""

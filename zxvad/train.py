@@ -521,6 +521,51 @@ def prepare(argv: list[str] | None = None):
     return args, cfg, inputs, name
 
 
+TRAIN_WORKER = "RayTrainWorker"  # the actor class of Ray Train's workers, as Ray names their output
+
+
+def worker_lines_to_show(batch: dict) -> list[str]:
+    """Of a batch of lines Ray streams from its processes to the driver, those a user should see
+    without ``--verbose``: what the training workers print (progress, evaluation tables) and their
+    own ``warning:``/``error:`` lines. Ray's internals (the PlacementGroupCleaner's traceback, the
+    controller's and the C++ core worker's lines, stray tracebacks) stay in Ray's session logs."""
+    if TRAIN_WORKER not in (batch.get("actor_name") or ""):
+        return []
+    lines = batch.get("lines") or []
+    if batch.get("is_err"):
+        lines = [line for line in lines if line.startswith(("warning:", "error:"))]
+    return lines
+
+
+def show_only_worker_lines() -> bool:
+    """Route what Ray streams to this driver through :func:`worker_lines_to_show`; False when
+    this Ray has no such stream (then nothing is changed)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printer = dict(dispatcher.handlers).get("ray_print_logs")
+    if printer is None:
+        return False
+
+    def filtered(batch: dict) -> None:
+        lines = worker_lines_to_show(batch)
+        if lines:
+            printer({**batch, "lines": lines})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
+    return True
+
+
+def ray_logs_dir() -> str:
+    """This Ray session's log folder (session_latest may be another local Ray's)."""
+    try:
+        import ray._private.worker
+
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # a Ray joined by address, or a Ray without that internal
+        return "/tmp/ray/session_latest/logs"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, cfg, inputs, run_name = prepare(argv)
@@ -541,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = None if args.verbose else ray.LoggingConfig(log_level="ERROR")
         ray.init(address=address or None, include_dashboard=False if not address else None,
                  logging_config=quiet)
+        if not args.verbose:
+            show_only_worker_lines()
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
           f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
     from zxvad import tracking
@@ -550,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
         if not args.verbose:
-            print("Ray's full log: /tmp/ray/session_latest/logs (or rerun with --verbose)", file=sys.stderr)
+            print(f"Ray's full log: {ray_logs_dir()} (or rerun with --verbose)", file=sys.stderr)
         permanent = permanent_cause(err)
         if permanent is not None:
             print(f"error: training stopped, not retried: {redact(str(permanent))}", file=sys.stderr)
