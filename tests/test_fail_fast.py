@@ -107,6 +107,22 @@ def test_a_damaged_shard_set_fails_on_the_driver(shard_set, tmp_path, capsys, mo
     assert code == 2 and str(tar) in line and message in line
 
 
+def test_driver_checks_fail_before_torch_mlflow_or_sklearn_are_imported(shard_set, tmp_path):
+    """Those imports take seconds on 2 cores: a bad config, shard set or server is reported first."""
+    healthy = shutil.copytree(shard_set, tmp_path / "healthy")
+    Path(sorted(shard_set.glob("*.tar"))[1]).with_suffix(".idx").unlink()
+    code = ("import sys, json\nfrom zxvad import train\ncodes = [train.main(a) for a in json.loads(sys.argv[1])]\n"
+            "print(json.dumps([codes, sorted(m for m in ('torch', 'mlflow', 'sklearn', 'ray') if m in sys.modules)]))")
+    runs = [_train_argv(shard_set, tmp_path), _train_argv(shard_set, tmp_path, "train.lr_g=-0.001"),
+            [a for a in _train_argv(healthy, tmp_path, "tracking.tracking_uri=http://u:p@127.0.0.1:9")
+             if a != "--no-mlflow"]]
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[2, 2, 2], []], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "DALI index" in lines[0] and "train.lr_g" in lines[1] and "unreachable" in lines[2], lines
+
+
 def test_index_past_the_end_and_sha256_are_caught(shard_set):
     from zxvad.data import ShardError, verify_shard_set
 

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-from zxvad import metrics as summary_metrics
 from zxvad.config import Config
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -129,17 +128,17 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
     Returns ``(tracking_uri, run_id)``. Honours ``tracking.on_unreachable``: ``local`` falls back
     to the default sqlite store when the server is down, ``fail`` raises.
     """
-    import mlflow
-
     uri = resolve_uri(cfg.tracking.tracking_uri)
     try:
-        check_reachable(uri)
+        check_reachable(uri)  # before importing mlflow (seconds): a server that is down fails fast
     except TrackingError:
         if cfg.tracking.on_unreachable != "local":
             raise
         fallback = absolute_uri(DEFAULT_TRACKING_URI)
         print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment,
                                                                    cfg.tracking.artifact_location))
@@ -306,6 +305,8 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
                    uri: str | None = None) -> None:
     """AUCs (G, baselines, gains: :func:`zxvad.metrics.flat`), efficiency figures and report files."""
     import mlflow
+
+    from zxvad import metrics as summary_metrics  # torch and sklearn: not on the driver's first path
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     metrics = summary_metrics.flat(results)

@@ -22,18 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from shards.storage import is_s3, parse_s3_url
-from zxvad import checkpoint as ckpt
 from zxvad import config as config_lib
 from zxvad.config import Config
-from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
 from zxvad.tracking import redact
 
 if TYPE_CHECKING:
     from zxvad.data import ShardInfo
+
+# torch, the checkpoint code and MLflow are imported where they are used: a bad config or shard
+# set is reported before them (torch alone takes seconds to import on a small machine).
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -222,6 +221,8 @@ def _restore(state, rank: int) -> bool:
     """Load the latest checkpoint Ray hands this worker, if any; True when it did."""
     import ray.train
 
+    from zxvad import checkpoint as ckpt
+
     resumed = ray.train.get_checkpoint()
     if resumed is None:
         return False
@@ -279,7 +280,9 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
     """Rank 0 checkpoints (and evaluates, logs); every rank reports, as Ray Train requires."""
     import ray.train
 
+    from zxvad import checkpoint as ckpt
     from zxvad import tracking
+    from zxvad.ddp import unwrap
 
     step = state.step
     metrics = {"step": step, **{k: float(v) for k, v in losses.items()}}
@@ -306,8 +309,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """One DDP worker: its own DALI pipelines for its rank, the training step, reports."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from zxvad import tracking
+    from zxvad.ddp import wrap_trained
     from zxvad.step import build_state, train_step
 
     job: TrainJob = loop_config["job"]
