@@ -322,6 +322,7 @@ def test_printed_error_lines_hide_userinfo(shard_set, tmp_path, capsys):
     code = train.main([a for a in argv if a != "--no-mlflow"])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "http://***@127.0.0.1:9" in line and "pa55word" not in line
+    assert "Connection refused" in line  # the check asks the host itself, not 'bob:pa55word@127.0.0.1'
 
 
 # -- item 7: a failed or interrupted run is recorded as such; artifacts beside the sqlite file ----

@@ -107,8 +107,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingError` when an http(s) tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl().rstrip("/")
+                                     + "/health")
+    if parts.username is not None:  # user:password@ is not part of the host: send it as basic auth
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             if reply.status >= 500:
                 raise TrackingError(f"MLflow server {redact(uri)} answered {reply.status}")
     except (urllib.error.URLError, OSError) as err:
