@@ -523,6 +523,15 @@ def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
     assert "Failed to query Ray Train Controller actor state" not in proc.stderr  # a Ray warning
     assert "Attempting to start training worker group" not in proc.stderr  # Train's INFO lines stay in its logs
     assert "Error in training function" not in proc.stderr
+    noise = ("PlacementGroupCleaner", "core_worker.cc", "Reporting training result", "Traceback")
+    assert not [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if any(n in line for n in noise)]
+    # the log files of this run's own Ray session (named on the failure) keep what the terminal left out
+    logs = Path(next(line for line in proc.stderr.splitlines() if line.startswith("Ray's full log: "))
+                .split(": ", 1)[1].split(" (or rerun")[0])
+    kept = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
+    assert ":actor_name:TrainController" in kept and ":actor_name:RayTrainWorker" in kept
+    kept += "".join(p.read_text(errors="replace") for p in logs.glob("train/*.log"))
+    assert "ShardError" in kept and "Traceback" in kept  # the worker's full traceback, which the terminal lacks
 
 
 def test_detect_warns_when_a_file_ends_early(tmp_path, capsys):
