@@ -192,11 +192,11 @@ def test_a_dali_error_on_shards_damaged_after_the_check_is_permanent(shard_set):
         with train.data_errors_classified(inputs):
             raise RuntimeError("store unreachable")
     assert not isinstance(err.value, ValueError)
-    for tar in inputs.train:  # after the driver's check, before the worker's DALI reads them
-        os.truncate(tar, 1024)  # every sample past the first header is gone
+    for info in inputs.train:  # after the driver's check, before the worker's DALI reads them
+        os.truncate(info.path, 1024)  # every sample past the first header is gone
     with pytest.raises(ShardError, match=r"shard .*clips-0000\d\d\.tar: 1024 bytes, but the manifest records .*\(DALI: ") as err:
         with train.data_errors_classified(inputs):
-            next(iter(ClipLoader(inputs.train, batch_size=2, frames=5, size=(16, 16), seed=0, threads=1)))
+            next(iter(ClipLoader(inputs.train, batch_size=2, clip_len=5, size=(16, 16), seed=0, threads=1)))
     assert type(err.value.__cause__) is RuntimeError and "Critical error" not in str(err.value)
 
 
