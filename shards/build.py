@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import multiprocessing
 import os
+import pickle
 import sys
+import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -201,7 +205,7 @@ def _one_line(error: Exception) -> str:
 
 # ------------------------------------------------------------------------------- executors
 
-def _run_local(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
+def _run_local(tasks: Iterable, workers: int) -> Iterator[dict[str, Any]]:
     if workers == 1:
         yield from map(encode_video, tasks)
         return
@@ -209,7 +213,7 @@ def _run_local(tasks: list, workers: int) -> Iterator[dict[str, Any]]:
         yield from pool.imap_unordered(encode_video, tasks, chunksize=1)
 
 
-def _run_ray(tasks: list) -> Iterator[dict[str, Any]]:
+def _run_ray(tasks: Iterable) -> Iterator[dict[str, Any]]:
     """Fan the videos out as Ray tasks (a local Ray, or the cluster at RAY_ADDRESS)."""
     import ray
 
@@ -217,10 +221,12 @@ def _run_ray(tasks: list) -> Iterator[dict[str, Any]]:
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     remote = ray.remote(num_cpus=1, max_retries=2)(encode_video)
     window = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))  # bounds results held in the store
-    pending, queue = [], list(reversed(tasks))
-    while pending or queue:
-        while queue and len(pending) < window:
-            pending.append(remote.remote(queue.pop()))
+    queue, pending = iter(tasks), []
+    while True:
+        while len(pending) < window and (task := next(queue, None)) is not None:
+            pending.append(remote.remote(task))
+        if not pending:
+            return
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])
 
@@ -284,7 +290,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     size = _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample,
                           fraction, workers, max_samples, max_bytes)
     prefix = prefix or f"{dataset}-{split}"
-    tasks, listing_skipped = _list_tasks(dataset, root, split, list_split, fraction)
+    tasks = _Tasks(dataset, root, split, list_split, fraction)
     options = {"root": str(Path(root).resolve()), "list_split": list_split, "clip_len": clip_len,
                "overlap": overlap, "size": list(size), "codec": codec, "quality": quality,
                "fidelity_sample": fidelity_sample, "fraction": fraction, "seed": seed,
@@ -301,12 +307,13 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     writer = _BucketWriter(sink, state, tasks, split, seed, prefix, max_samples, max_bytes)
     opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap, "size": list(size),
            "codec": codec, "quality": quality, "fidelity_sample": fidelity_sample,
-           "always_check": tasks[0][0][0].video_id, "skip_bad_test": skip_bad_test_videos}
+           "always_check": tasks.video(0).video_id, "skip_bad_test": skip_bad_test_videos}
     _encode_all(writer, writer.work(opt), len(tasks), workers=workers, use_ray=use_ray, run=run,
                 bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
                          dynamic_ncols=True))
+    tasks.close()
 
-    manifest = _publish_manifest(sink, _manifest(header, state, listing_skipped), root, prefix)
+    manifest = _publish_manifest(sink, _manifest(header, state, tasks.skipped), root, prefix)
     run["seconds"] = time.time() - started
     run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
     return {**manifest, "run": run}
@@ -324,25 +331,87 @@ def _publish_manifest(sink, manifest: dict[str, Any], root: str | Path, prefix: 
     return manifest
 
 
-def _list_tasks(dataset: str, root: str | Path, split: str, list_split: int,
-                fraction: float) -> tuple[list, list[tuple[str, str]]]:
-    """The videos to shard (see :func:`_plan_tasks`) and the listed inputs that are missing or empty."""
-    listing_skipped: list[tuple[str, str]] = []
-    try:
-        videos = readers.list_videos(dataset, root, split, list_split=list_split, skipped=listing_skipped)
-    except readers.ReaderError as e:
-        raise BuildError(str(e)) from None
-    tasks = _plan_tasks(dataset, videos, split, fraction)
-    if not tasks:
-        raise BuildError(f"fraction {fraction}: none of the {len(videos)} videos under {root} falls below it")
-    return tasks, listing_skipped
+class _Tasks:
+    """The videos to shard, in task order: by hash (training sets) or listing (test sets).
+
+    Videos are listed one at a time and pickled to an unnamed temporary file; in memory stay ~50
+    bytes a video (hash, listing position, input size, place in the file) instead of the ~1.2 KB of
+    a ``Video`` with its frame list, so the driver does not grow with the corpus (Jester: 148,092
+    videos). Repeated ids and sample keys are found from 8-byte digests of the keys.
+    """
+
+    def __init__(self, dataset: str, root: str | Path, split: str, list_split: int, fraction: float):
+        self.skipped: list[tuple[str, str]] = []  # listed inputs that are missing or empty
+        self._file = tempfile.TemporaryFile()
+        cols = {name: array("d" if name == "hash" else "q") for name in ("hash", "position", "offset", "length", "bytes")}
+        digests, listed = array("Q"), 0
+        try:
+            for listed, video in enumerate(readers.iter_videos(dataset, root, split, list_split=list_split,
+                                                               skipped=self.skipped), 1):
+                digests.append(_digest(sample_key(dataset, video.video_id, 0)))
+                h = video_hash(video.video_id)
+                if h < fraction:
+                    data = pickle.dumps(video, protocol=pickle.HIGHEST_PROTOCOL)
+                    for name, value in (("hash", h), ("position", listed - 1), ("offset", self._file.tell()),
+                                        ("length", len(data)), ("bytes", _input_bytes(video))):
+                        cols[name].append(value)
+                    self._file.write(data)
+        except readers.ReaderError as e:
+            raise BuildError(str(e)) from None
+        self._file.flush()
+        if not listed:
+            raise BuildError(f"{dataset}: no {split} videos found under {Path(root).expanduser()}")
+        self._check_keys(np.frombuffer(digests, dtype=np.uint64), dataset, root, split, list_split)
+        columns = {name: np.array(col) for name, col in cols.items()}
+        order = np.lexsort((columns["position"], columns["hash"])) if split == "train" else slice(None)
+        self.hash, self.position, self._offset, self._length, self.bytes = (
+            columns[name][order] for name in ("hash", "position", "offset", "length", "bytes"))
+        if not len(self.hash):
+            raise BuildError(f"fraction {fraction}: none of the {listed} videos under {root} falls below it")
+        self._hash_at = np.full(listed, np.nan)
+        self._hash_at[self.position] = self.hash
+
+    def __len__(self) -> int:
+        return len(self.hash)
+
+    def video(self, i: int):
+        """Task ``i``'s ``readers.Video``, read back from the file (thread-safe: ``os.pread``)."""
+        return pickle.loads(os.pread(self._file.fileno(), int(self._length[i]), int(self._offset[i])))
+
+    def hash_of(self, position: int) -> float:
+        """The id-hash of the video at ``position`` in the listing."""
+        return float(self._hash_at[position])
+
+    def close(self) -> None:
+        self._file.close()
+
+    @staticmethod
+    def _check_keys(digests: np.ndarray, dataset: str, root, split: str, list_split: int) -> None:
+        ordered = np.sort(digests)
+        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+        if not repeated:
+            return
+        first: dict[str, str] = {}
+        for video in readers.iter_videos(dataset, root, split, list_split=list_split):  # rare: list again for names
+            key = sample_key(dataset, video.video_id, 0)
+            if _digest(key) in repeated:
+                if key in first and first[key] == video.video_id:
+                    raise BuildError(f"{dataset}: video id {video.video_id!r} appears twice under "
+                                     f"{Path(root).expanduser()}")
+                if key in first:
+                    raise BuildError(f"videos {first[key]!r} and {video.video_id!r} map to the same sample key")
+                first[key] = video.video_id
 
 
-def _encode_all(writer: "_BucketWriter", work: list, total: int, *, workers: int, use_ray: bool,
+def _digest(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _encode_all(writer: "_BucketWriter", work: Iterable, total: int, *, workers: int, use_ray: bool,
                 run: dict[str, Any], bar) -> None:
     """Encode ``work`` (in processes or Ray tasks), spool each video, write buckets as they finish."""
     began = time.time()
-    bar.update(total - len(work))  # videos spooled by an interrupted run
+    bar.update(total - sum(writer.remaining.values()))  # videos spooled by an interrupted run
     results = _run_ray(work) if use_ray else _run_local(work, workers)
     try:
         writer.flush()
@@ -369,30 +438,32 @@ class _BucketWriter:
     Buckets are written in hash order, so every ``FRACTION_CUTS`` fraction is a prefix of the shards.
     """
 
-    def __init__(self, sink, state: BuildState, tasks: list, split: str, seed: int, prefix: str,
+    def __init__(self, sink, state: BuildState, tasks: _Tasks, split: str, seed: int, prefix: str,
                  max_samples: int, max_bytes: int):
         self.sink, self.state, self.split, self.seed, self.prefix = sink, state, split, seed, prefix
-        self.max_samples, self.max_bytes = max_samples, max_bytes
-        self.hashes = {video.video_id: h for (video, _), h in tasks}
-        buckets = sorted({bucket_of(h, split) for _, h in tasks} | {int(b) for b in state.buckets_done})
+        self.max_samples, self.max_bytes, self.tasks = max_samples, max_bytes, tasks
+        self.bucket = (np.searchsorted(FRACTION_CUTS, tasks.hash, side="right") if split == "train"
+                       else np.zeros(len(tasks), dtype=np.int64))  # = bucket_of, per task
+        buckets = sorted(set(self.bucket.tolist()) | {int(b) for b in state.buckets_done})
         self.spools = {b: Spool(sink.work / f"bucket-{b:02d}") for b in buckets if not state.bucket_done(b)}
-        self.todo: dict[int, list] = {b: [] for b in self.spools}
-        for (video, position), h in tasks:
-            b = bucket_of(h, split)
-            if b in self.spools and video.video_id not in self.spools[b].records:
-                self.todo[b].append((video, position))
-        self.remaining = {b: len(videos) for b, videos in self.todo.items()}
+        self.todo = np.isin(self.bucket, list(self.spools))
+        for b, spool in self.spools.items():
+            if spool.records:  # resumed: the videos an interrupted run spooled are not encoded again
+                for i in np.flatnonzero(self.bucket == b):
+                    self.todo[i] = tasks.video(i).video_id not in spool.records
+        self.remaining = {b: int(np.count_nonzero(self.todo & (self.bucket == b))) for b in self.spools}
         self.pending = sorted(self.spools)
 
-    def work(self, opt: dict[str, Any]) -> list[tuple[Any, int, dict[str, Any]]]:
-        """Encoding tasks: buckets in hash order, in each the longest videos first (no idle tail)."""
-        return [(video, position, opt) for b in sorted(self.todo)
-                for video, position in sorted(self.todo[b], key=lambda t: _input_bytes(t[0]), reverse=True)]
+    def work(self, opt: dict[str, Any]) -> Iterator[tuple[Any, int, dict[str, Any]]]:
+        """Encoding tasks, read one at a time: buckets in hash order, in each the longest videos first
+        (no idle tail)."""
+        order = np.lexsort((np.arange(len(self.tasks)), -self.tasks.bytes, self.bucket))
+        return ((self.tasks.video(i), int(self.tasks.position[i]), opt) for i in order if self.todo[i])
 
     def add(self, result: dict[str, Any]) -> None:
-        vid = result["video_id"]
-        b = bucket_of(self.hashes[vid], self.split)
-        self.spools[b].append(vid, result["position"], self.hashes[vid], result["clips"], result["skipped"],
+        vid, h = result["video_id"], self.tasks.hash_of(result["position"])
+        b = bucket_of(h, self.split)
+        self.spools[b].append(vid, result["position"], h, result["clips"], result["skipped"],
                               result["frames_decoded"], result["source"], result["fidelity"])
         self.remaining[b] -= 1
         self.flush()
@@ -404,15 +475,16 @@ class _BucketWriter:
 
     def _write_bucket(self, b: int) -> None:
         spool = self.spools[b]
-        clips = spool.clips()
+        index = spool.index()  # columns, not a Clip per clip: the last bucket is half the corpus
         if self.split == "train":  # the same seed gives the same clip-to-shard assignment on a re-run
-            clips.sort(key=lambda c: c.key)
-            order = np.random.default_rng([self.seed, b]).permutation(len(clips))
-            clips = [clips[i] for i in order]
+            by_key = np.argsort(index.key, kind="stable")
+            order = by_key[np.random.default_rng([self.seed, b]).permutation(len(by_key))]
         else:
-            clips.sort(key=lambda c: c.order)
+            order = np.lexsort((index.number, index.position))
         done = self.state.done_keys(b)
-        clips = [c for c in clips if c.key not in done]
+        if done:
+            order = order[np.array([index.key[i].decode() not in done for i in order], dtype=bool)]
+        clips = (spool.clip(index, i) for i in order)
         for group in plan_shards(clips, self.max_samples, self.max_bytes):
             name = SHARD_PATTERN.format(prefix=self.prefix, index=len(self.state.shards))
             entry = write_shard(self.sink.staging, name, group, spool)
@@ -490,24 +562,6 @@ def _check_options(dataset, split, clip_len, overlap, size, codec, quality, fide
         if not ok:
             raise BuildError(f"{name} {value!r}: expected {expected}")
     return size  # type: ignore[return-value]
-
-
-def _plan_tasks(dataset: str, videos: list, split: str,
-                fraction: float) -> list[tuple[tuple[Any, int], float]]:
-    """``((video, position), hash)`` of the videos in the fraction: by hash (train) or listing (test)."""
-    seen: dict[str, str] = {}
-    tasks = []
-    for position, video in enumerate(videos):
-        key = sample_key(dataset, video.video_id, 0)
-        if key in seen:
-            raise BuildError(f"videos {seen[key]!r} and {video.video_id!r} map to the same sample key")
-        seen[key] = video.video_id
-        h = video_hash(video.video_id)
-        if h < fraction:
-            tasks.append(((video, position), h))
-    if split == "train":
-        tasks.sort(key=lambda t: (t[1], t[0][0].video_id))
-    return tasks
 
 
 # -------------------------------------------------------------------------------------- CLI

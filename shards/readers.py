@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import av
 import numpy as np
@@ -222,6 +222,21 @@ def list_videos(dataset: str, root: str | Path, split: str = "train", *, list_sp
         ReaderError: unknown dataset or split, missing root, a root that does not look like the
             layout, unreadable lists, labels that do not match a video, or no videos at all.
     """
+    videos = list(iter_videos(dataset, root, split, list_split=list_split, skipped=skipped))
+    if not videos:
+        raise ReaderError(f"{dataset}: no {split} videos found under {Path(root).expanduser()}")
+    seen: set[str] = set()
+    for v in videos:
+        if v.video_id in seen:
+            raise ReaderError(f"{dataset}: video id {v.video_id!r} appears twice under {Path(root).expanduser()}")
+        seen.add(v.video_id)
+    return videos
+
+
+def iter_videos(dataset: str, root: str | Path, split: str = "train", *, list_split: int = 1,
+                skipped: list[tuple[str, str]] | None = None) -> Iterator[Video]:
+    """:func:`list_videos` one video at a time (Jester's reader streams), without its checks for
+    an empty listing and repeated ids: the builder makes those without holding the listing."""
     if dataset not in DATASETS:
         raise ReaderError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
     if split not in SPLITS:
@@ -231,19 +246,10 @@ def list_videos(dataset: str, root: str | Path, split: str = "train", *, list_sp
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ReaderError(f"{dataset}: root {root} does not exist or is not a folder")
-    log = skipped if skipped is not None else []
-    videos = _READERS[dataset](root, split, list_split, log)
-    if not videos:
-        raise ReaderError(f"{dataset}: no {split} videos found under {root}")
-    seen: set[str] = set()
-    for v in videos:
-        if v.video_id in seen:
-            raise ReaderError(f"{dataset}: video id {v.video_id!r} appears twice under {root}")
-        seen.add(v.video_id)
-    return videos
+    yield from _READERS[dataset](root, split, list_split, skipped if skipped is not None else [])
 
 
-def _jester(root: Path, split: str, _list_split: int, skipped: list) -> list[Video]:
+def _jester(root: Path, split: str, _list_split: int, skipped: list) -> Iterator[Video]:
     name = "20bn-jester-v1"
     frames_dir = root if root.name == name else _search([root], name, dirs=True, depth=2)
     if frames_dir is None:
@@ -252,17 +258,16 @@ def _jester(root: Path, split: str, _list_split: int, skipped: list) -> list[Vid
     csv = _near(frames_dir.parent, csv_name, depth=1)
     if csv is None:
         raise ReaderError(f"jester: no {csv_name} beside or above {frames_dir}")
-    videos = []
-    for lineno, line in _lines(csv):
+    folder = str(frames_dir)
+    for lineno, line in _lines(csv):  # a generator: 148,092 videos are never all in memory
         vid, sep, label = line.partition(";")
         if not sep:
             raise ReaderError(f"{csv}:{lineno}: expected 'id;label', got {line!r}")
-        frames = _image_names(frames_dir / vid)
+        frames = _image_names(os.path.join(folder, vid))  # a str: a Path interns each id for good
         if not frames:
-            skipped.append((str(frames_dir / vid), "missing or empty frame folder"))
+            skipped.append((os.path.join(folder, vid), "missing or empty frame folder"))
             continue
-        videos.append(Video(vid.strip(), frames, split, label.strip(), fps=FOLDER_FPS["jester"]))
-    return videos
+        yield Video(vid.strip(), frames, split, label.strip(), fps=FOLDER_FPS["jester"])
 
 
 def _ucf101(root: Path, split: str, list_split: int, skipped: list) -> list[Video]:
@@ -520,7 +525,7 @@ def _demo(root: Path, split: str, list_split: int, skipped: list) -> list[Video]
     return videos
 
 
-_READERS: dict[str, Callable[[Path, str, int, list], list[Video]]] = {
+_READERS: dict[str, Callable[[Path, str, int, list], Iterable[Video]]] = {
     "jester": _jester, "ucf101": _ucf101, "hmdb51": _hmdb51, "ucfcrime": _ucfcrime,
     "shanghaitech": _shanghaitech, "ped1": _ucsd(1), "ped2": _ucsd(2), "avenue": _avenue,
     "videofolder": _videofolder, "demo": _demo,
@@ -546,7 +551,7 @@ def _images(folder: Path) -> list[Path]:
     return _visible_files(folder, IMAGE_EXTS)
 
 
-def _image_names(folder: Path) -> FrameFiles:
+def _image_names(folder: str | Path) -> FrameFiles:
     """``_images`` as compact :class:`FrameFiles`, for datasets of many thousands of folders."""
     try:
         names = [e.name for e in os.scandir(folder)
@@ -573,9 +578,10 @@ def _two_digits(stem: str) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    for lineno, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if line.strip():
-            yield lineno, line.strip()
+    with open(path, errors="replace") as f:  # line by line: Jester's lists are 148,092 lines
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, line.strip()
 
 
 def _load_npy(path: Path) -> np.ndarray:

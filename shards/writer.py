@@ -11,15 +11,19 @@ skips finished videos and shards and writes the rest without duplicating or losi
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import tarfile
 from contextlib import contextmanager
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
 
 from shards.format import INDEX_SUFFIX, MANIFEST_NAME, META_EXT, VIDEO_EXT, index_name
 from shards.storage import atomic_write, parse_s3_url, partial_path
@@ -69,6 +73,16 @@ class Clip:
     order: tuple[int, int]  # (position of its video in the listing, first frame): test-set order
 
 
+class SpoolIndex(NamedTuple):
+    """A bucket's spooled clips as columns (~60 bytes a clip): what orders them, and where each
+    one's journal line is (:meth:`Spool.clip` reads it back whole)."""
+
+    key: np.ndarray  # sample keys, bytes (ASCII: they sort as the str keys do)
+    line: np.ndarray  # byte offset of the video's journal line
+    number: np.ndarray  # the clip's place in its video
+    position: np.ndarray  # the video's place in the listing
+
+
 class Spool:
     """Encoded clips of one bucket on disk: ``stem.bin`` (the bytes) + ``stem.jsonl`` (journal).
 
@@ -78,7 +92,7 @@ class Spool:
 
     def __init__(self, stem: Path):
         self.bin_path, self.journal_path = stem.with_suffix(".bin"), stem.with_suffix(".jsonl")
-        self.records: set[str] = set()  # ids only: the records stay in the journal (~1 KB a video)
+        self.records: set[str] = set()  # ids spooled by an earlier, interrupted run (not this one's)
         end = 0
         if self.journal_path.exists():
             good = []
@@ -95,6 +109,7 @@ class Spool:
             f.truncate(end)
         self._bin = open(self.bin_path, "ab")
         self._journal = open(self.journal_path, "a")
+        self._reader, self._line_cache = None, (-1, None)
 
     def append(self, video_id: str, order: int, video_hash: float,
                clips: Sequence[tuple[str, bytes, bytes, int]], skipped: str | None = None,
@@ -111,7 +126,6 @@ class Spool:
                   "skipped": skipped, "frames_decoded": frames_decoded, "source": source or video_id, "fidelity": fidelity}
         self._journal.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._journal.flush()
-        self.records.add(video_id)
 
     def _records(self) -> Iterator[dict[str, Any]]:
         """The journal's records, in the order they were spooled."""
@@ -120,10 +134,35 @@ class Spool:
             for line in f:
                 yield json.loads(line)
 
-    def clips(self) -> list[Clip]:
-        return [Clip(key, offset, length, meta, frames, r["hash"], (r["order"], i))
-                for r in self._records()
-                for i, (key, offset, length, meta, frames) in enumerate(r["clips"])]
+    def index(self) -> SpoolIndex:
+        """Every spooled clip, in columns: a bucket of half a corpus is ordered without a ``Clip``
+        (~1 KB with its JSON) per clip in memory."""
+        self._journal.flush()
+        keys, line, number, position = [], array("q"), array("q"), array("q")
+        with open(self.journal_path, "rb") as f:
+            at = 0
+            for text in f:
+                record = json.loads(text)
+                for i, entry in enumerate(record["clips"]):
+                    keys.append(entry[0].encode())
+                    line.append(at)
+                    number.append(i)
+                    position.append(record["order"])
+                at += len(text)
+        return SpoolIndex(np.array(keys, dtype=bytes), np.array(line, dtype=np.int64),
+                          np.array(number, dtype=np.int64), np.array(position, dtype=np.int64))
+
+    def clip(self, index: SpoolIndex, i: int) -> Clip:
+        """Clip ``i`` of :meth:`index`, read back from its journal line (the last line is cached)."""
+        at, number = int(index.line[i]), int(index.number[i])
+        if self._line_cache[0] != at:
+            if self._reader is None:
+                self._reader = open(self.journal_path, "rb")
+            self._reader.seek(at)
+            self._line_cache = (at, json.loads(self._reader.readline()))
+        record = self._line_cache[1]
+        key, offset, length, meta, frames = record["clips"][number]
+        return Clip(key, offset, length, meta, frames, record["hash"], (record["order"], number))
 
     def videos(self) -> int:
         """Videos that gave at least one clip."""
@@ -145,6 +184,9 @@ class Spool:
     def close(self) -> None:
         self._bin.close()
         self._journal.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def remove(self) -> None:
         self.close()
@@ -155,23 +197,28 @@ class Spool:
 # ------------------------------------------------------------------------------------ tar + idx
 
 def write_tar(path: Path, samples: Iterable[tuple[str, Sequence[tuple[str, bytes]]]]) -> str:
-    """Write a WebDataset tar with ``webdataset.TarWriter`` and return its DALI index text.
+    """Write a WebDataset tar, byte for byte what ``webdataset.TarWriter`` writes, and return its DALI index.
+
+    ``tarfile`` is driven as TarWriter drives it (stream mode, components sorted by ext, mode 0444,
+    owner ``bigdata``, mtime 0) but with GNU long names; TarWriter itself is not imported because
+    ``import webdataset`` imports torch: 525 MB of the build driver's 584 MB peak RSS.
+    ``tests/test_build.py`` checks the bytes against TarWriter's.
 
     Args:
         path: the tar file to create.
-        samples: ``(key, [(ext, data), ...])`` per sample (TarWriter stores the components sorted by ext).
+        samples: ``(key, [(ext, data), ...])`` per sample (stored sorted by ext, as TarWriter does).
 
     Returns:
         The index: ``v1.2 N`` then, per sample, ``ext offset size name`` for each component, read
         back from the tar's headers (DALI's own wds2idx is one block off for names over 100 characters).
     """
-    import webdataset as wds
-
-    with open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as sink:
-        # TarWriter accepts format= but never passes it on; GNU long names keep every header in 512-byte blocks
-        sink.tarstream.format = tarfile.GNU_FORMAT
+    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for key, components in samples:
-            sink.write({"__key__": key, **dict(components)})  # mtime 0: same clips, same sha256
+            for ext, data in sorted(components, key=lambda c: c[0]):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o0444  # mtime 0: same clips, same sha256
+                info.uname = info.gname = "bigdata"
+                tar.addfile(info, io.BytesIO(data))
     return dali_index(path)
 
 
@@ -214,21 +261,20 @@ def write_shard(directory: Path, name: str, clips: Sequence[Clip], spool: Spool)
     }
 
 
-def plan_shards(clips: Sequence[Clip], max_samples: int, max_bytes: int) -> list[list[Clip]]:
-    """Cut an ordered clip list into shards of at most ``max_samples`` clips and ~``max_bytes``."""
-    shards: list[list[Clip]] = []
+def plan_shards(clips: Iterable[Clip], max_samples: int, max_bytes: int) -> Iterator[list[Clip]]:
+    """Cut an ordered clip stream into shards of at most ``max_samples`` clips and ~``max_bytes``,
+    one shard at a time (only the current shard's clips are held)."""
     current: list[Clip] = []
     size = 0
     for clip in clips:
         clip_bytes = 3 * tarfile.BLOCKSIZE + clip.length + len(clip.meta)  # headers + padding
         if current and (len(current) >= max_samples or size + clip_bytes > max_bytes):
-            shards.append(current)
+            yield current
             current, size = [], 0
         current.append(clip)
         size += clip_bytes
     if current:
-        shards.append(current)
-    return shards
+        yield current
 
 
 # ---------------------------------------------------------------------------------------- state
@@ -270,7 +316,7 @@ class BuildState:
                 break
             good.append(line)
             if "shard" in entry:
-                self.shards.append(entry["shard"])
+                self.shards.append({k: v for k, v in entry["shard"].items() if k != "keys"})
             else:
                 self.buckets_done[entry["bucket"]] = entry["done"]
         self.journal_path.write_text("".join(good))
@@ -288,12 +334,17 @@ class BuildState:
         return bool(self.shards or self.buckets_done)
 
     def done_keys(self, bucket: int) -> set[str]:
-        return {k for s in self.shards if s["bucket"] == bucket for k in s["keys"]}
+        """The sample keys of the bucket's finished shards, read from the journal (kept out of memory:
+        every clip of the set has one)."""
+        if not self.journal_path.exists():
+            return set()
+        with open(self.journal_path) as f:
+            shards = (json.loads(line).get("shard") for line in f)
+            return {k for s in shards if s and s["bucket"] == bucket for k in s["keys"]}
 
     def add_shard(self, entry: dict[str, Any], bucket: int, keys: list[str]) -> None:
-        shard = {**entry, "bucket": bucket, "keys": keys}
-        self._append({"shard": shard})
-        self.shards.append(shard)
+        self._append({"shard": {**entry, "bucket": bucket, "keys": keys}})
+        self.shards.append({**entry, "bucket": bucket})
 
     def finish_bucket(self, bucket: int, videos: int, skipped: list[dict[str, str]],
                       fidelity: dict[str, Any] | None = None) -> None:

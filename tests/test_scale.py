@@ -91,7 +91,7 @@ def test_build_cost_and_driver_memory_grow_linearly(tmp_path):
     lin = scale.linearity(rows)["pool"]
     # loose bounds for a shared 2-core machine: a quadratic step would give 5x from 400 to 2,000
     assert lin["cpu_ratio"] < 1.6, rows
-    assert lin["driver_rss_ratio"] < 1.3, rows
+    assert lin["driver_rss_ratio"] < 1.15, rows  # the listing is on disk: flat, not ~1 KB a video
     assert rows[1]["listing_s"] / 2000 < 3 * max(rows[0]["listing_s"] / 400, 1e-4), rows
 
 

@@ -36,6 +36,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sizes", default="1000,5000,20000", help="corpus sizes N, comma separated")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "zxvad-scale"),
                    help="corpora and shards go here (about 110 KB of frames per video at 32x32)")
+    p.add_argument("--corpus-videos", type=int, default=None,
+                   help="write (or reuse) a corpus this large and take each N from it (default: the largest N)")
     p.add_argument("--workers", type=int, default=2, help="encoding processes of the build")
     p.add_argument("--ray", action="store_true", help="also build each N as Ray tasks on a local Ray")
     p.add_argument("--frame-size", type=int, default=32, help="corpus frames and stored shards, square")
@@ -57,7 +59,7 @@ def run(args) -> dict:
         raise ValueError(f"--sizes {args.sizes!r}: expected corpus sizes of at least 10 videos")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    corpus = ensure_corpus(work, sizes[-1], args.frame_size, args.frames)
+    corpus = ensure_corpus(work, max(sizes[-1], args.corpus_videos or 0), args.frame_size, args.frames)
     figures: dict = {"sizes": sizes, "workers": args.workers, "frame_size": args.frame_size, "builds": []}
     modes = ["pool"] + (["ray"] if args.ray else [])
     ray_address = start_ray(work) if args.ray else None
@@ -146,15 +148,14 @@ def start_ray(work: Path) -> str:
 # ---------------------------------------------------------------------------------- build
 
 def measure_listing(root: Path) -> dict:
-    """Seconds to list the videos and to hash and order them (what the build does first)."""
-    from shards import readers
-    from shards.build import _plan_tasks
+    """Seconds of the build's first step: list the videos, hash them and spill them to its task file."""
+    from shards.build import _Tasks
 
     began = time.perf_counter()
-    videos = readers.list_videos("jester", root, "train")
-    listed = time.perf_counter()
-    _plan_tasks("jester", videos, "train", 1.0)
-    return {"listed": len(videos), "listing_s": listed - began, "hashing_s": time.perf_counter() - listed}
+    tasks = _Tasks("jester", root, "train", 1, 1.0)
+    seconds = time.perf_counter() - began
+    tasks.close()
+    return {"listed": len(tasks), "listing_s": seconds}
 
 
 def build_command(root: Path, out: Path, args, ray: bool) -> list[str]:
@@ -175,6 +176,8 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
         env["RAY_ADDRESS"] = ray_address
     ray_workers = _ray_workers(psutil) if ray_address else {}
     ray_cpu0 = {pid: _cpu(p) for pid, p in ray_workers.items()}
+    services = _ray_services(psutil, ray_workers) if ray_address else {}  # raylet, GCS, ...: work for the build too
+    services_cpu0 = {pid: _cpu(p) for pid, p in services.items()}
     ray_cpu: dict[int, float] = {}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
@@ -208,7 +211,9 @@ def measure_build(root: Path, out: Path, args, ray_address: str | None, kill_aft
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cpu += sum(max(max(ray_cpu.get(pid, 0.0), _cpu(p)) - ray_cpu0.get(pid, 0.0), 0.0)
                for pid, p in ray_workers.items())
+    services_cpu = sum(max(_cpu(p) - services_cpu0[pid], 0.0) for pid, p in services.items())
     row = {"wall_s": wall, "cpu_s": cpu, "driver_peak_rss_mb": driver_peak / 2**20,
+           **({"ray_services_cpu_s": services_cpu, "ray_workers_seen": len(ray_workers)} if ray_address else {}),
            "worker_peak_rss_mb": sorted(round(v / 2**20, 1) for pid, v in peaks.items() if v > 20 * 2**20)}
     if killed:
         return {**row, "killed": True}
@@ -241,6 +246,11 @@ def _ray_workers(psutil) -> dict:
         except psutil.Error:
             continue
     return found
+
+
+def _ray_services(psutil, workers: dict) -> dict:
+    """Ray's other processes under this process (raylet, GCS, dashboard agents, log monitor)."""
+    return {p.pid: p for p in psutil.Process().children(recursive=True) if p.pid not in workers}
 
 
 def _rss(p) -> int:
@@ -276,9 +286,11 @@ def _remove(path: Path) -> None:
 
 def build_line(row: dict) -> str:
     n = row["videos"]
-    return (f"N={n:6d} {row['mode']:4s}: listing {row['listing_s']:.2f} s + hashing {row['hashing_s']:.2f} s; "
+    return (f"N={n:6d} {row['mode']:4s}: listing + hashing {row['listing_s']:.2f} s; "
             f"build {row['wall_s']:.1f} s wall ({1000 * row['wall_s'] / n:.2f} ms/video), "
-            f"{row['cpu_s']:.1f} s CPU ({1000 * row['cpu_s'] / n:.2f} ms/video), {row['frames_per_s']:.0f} frames/s; "
+            f"{row['cpu_s']:.1f} s CPU ({1000 * row['cpu_s'] / n:.2f} ms/video"
+            + (f"; Ray's own processes {row['ray_services_cpu_s']:.1f} s more" if "ray_services_cpu_s" in row else "")
+            + f"), {row['frames_per_s']:.0f} frames/s; "
             f"peak RSS driver {row['driver_peak_rss_mb']:.0f} MB, workers {row['worker_peak_rss_mb']} MB; "
             f"{row['shards']} shards, {row['clips']} clips; manifest {row['manifest_bytes'] / 1024:.0f} KiB "
             f"written in {1000 * row['manifest_write_s']:.1f} ms")
