@@ -249,7 +249,7 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
     if use_n:
         with torch.no_grad():
             syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
-                             generator=generator, frames=T)
+                             generator=generator, frames=T, spread=cfg.model.mask_spread)
             state.section("o")
             augmented = state.augment((fake + 1) / 2) * 2 - 1
             state.section("augment")
