@@ -209,7 +209,8 @@ def test_critics_score_a_frame_alone_as_in_a_mixed_batch(norm):
 
 def test_presets_use_batch_independent_critics():
     for name in ("demo", "paper"):
-        N = build_models(config.load(name, ["model.backbone=mnasnet1_0"]).model).N
+        N = build_models(config.load(name, ["model.backbone=mnasnet1_0",
+                                            "model.backbone_layer=last"]).model).N
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in N.modules()), name
 
 
