@@ -306,7 +306,14 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
                 bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
                          dynamic_ncols=True))
 
-    manifest = _manifest(header, state, listing_skipped)
+    manifest = _publish_manifest(sink, _manifest(header, state, listing_skipped), root, prefix)
+    run["seconds"] = time.time() - started
+    run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
+    return {**manifest, "run": run}
+
+
+def _publish_manifest(sink, manifest: dict[str, Any], root: str | Path, prefix: str) -> dict[str, Any]:
+    """Write ``manifest`` and drop the build's work files; refuse a manifest of no clips."""
     if manifest["totals"]["clips"] == 0:  # a manifest of nothing would pass for a shard set
         first = manifest["skipped"][0] if manifest["skipped"] else {"input": root, "reason": "no videos"}
         sink.cleanup(prefix, set())  # nothing to resume: no work files left behind either
@@ -314,9 +321,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
                          f"(first: {first['input']}: {first['reason']})")
     sink.write_manifest(manifest)
     sink.cleanup(prefix, {s["name"] for s in manifest["shards"]})
-    run["seconds"] = time.time() - started
-    run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
-    return {**manifest, "run": run}
+    return manifest
 
 
 def _list_tasks(dataset: str, root: str | Path, split: str, list_split: int,

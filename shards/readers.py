@@ -534,11 +534,16 @@ def _natural(name: str | Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
 
 
-def _images(folder: Path) -> list[Path]:
+def _visible_files(folder: Path, extensions) -> list[Path]:
+    """The files of ``folder`` with one of ``extensions`` (not hidden ones), in natural order."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")),
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in extensions and not p.name.startswith(".")),
                   key=lambda p: _natural(p.name))
+
+
+def _images(folder: Path) -> list[Path]:
+    return _visible_files(folder, IMAGE_EXTS)
 
 
 def _image_names(folder: Path) -> FrameFiles:
@@ -560,10 +565,7 @@ def _frame_dirs(folder: Path) -> list[Path]:
 
 
 def _video_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if p.suffix.lower() in VIDEO_EXTS and not p.name.startswith(".")),
-                  key=lambda p: _natural(p.name))
+    return _visible_files(folder, VIDEO_EXTS)
 
 
 def _two_digits(stem: str) -> str:

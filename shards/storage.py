@@ -21,15 +21,30 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
+class StagedFile:
+    """A file written over time under its partial name (``tmp``), for writers that stream:
+    :meth:`commit` renames it into place, :meth:`discard` removes what was written."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.tmp = Path(path), partial_path(path)
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path to write; it becomes ``path`` only if the block succeeds."""
-    tmp = partial_path(path)
+    staged = StagedFile(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield staged.tmp
+        staged.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        staged.discard()
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

@@ -7,7 +7,7 @@ from zxvad import config
 
 def test_presets_load_with_the_papers_values():
     paper = config.load("paper")
-    assert (paper.model.image_size, paper.model.frames, paper.model.width) == (256, 4, 64)
+    assert (paper.model.image_size, paper.model.T, paper.model.width) == (256, 4, 64)
     assert paper.model.memory_items == 2000 and paper.train.batch_size == 8
     assert paper.train.steps == 5000
     assert (paper.train.lr_g, paper.train.lr_d, paper.train.lr_n) == (2e-4, 2e-5, 2e-5)
@@ -16,6 +16,13 @@ def test_presets_load_with_the_papers_values():
     assert demo.model.image_size < paper.model.image_size and demo.model.width < paper.model.width
     assert demo.model.memory_dim == 8 * demo.model.width
     assert set(config.preset_names()) >= {"paper", "demo"}
+
+
+def test_a_config_written_before_a_key_was_renamed_still_loads():
+    old = config.from_yaml_text("model:\n  frames: 6\n  width: 8\n  memory_dim: 64\n")
+    assert old.model.T == 6 and "model.frames" not in old.flat()
+    with pytest.raises(config.ConfigError, match="model.frames"):
+        config.load("demo", ["model.frames=6"])  # the command line speaks the new names only
 
 
 def test_overrides_are_typed():

@@ -52,8 +52,23 @@ def test_set(tmp_path_factory) -> Path:
     return built_set(tmp_path_factory.mktemp("test"), [11, 7, 14], "test", "mjpeg", clip_len=6, overlap=2)
 
 
+def test_loaders_take_shards_checked_before_without_opening_them_again(train_set, test_set, monkeypatch):
+    """The training driver checks every shard once; a worker's loaders trust its ShardInfos."""
+    from zxvad.data import check_shards, shardset
+
+    train_infos = check_shards(resolve_shards(str(train_set)), gpu=False)
+    test_infos = check_shards(resolve_shards(str(test_set)), gpu=False)
+    opened = []
+    monkeypatch.setattr(shardset, "read_bytes", lambda *a, **k: opened.append(a) or pytest.fail("re-read"))
+    clips = ClipLoader(train_infos, batch_size=2, clip_len=3, size=(8, 8), threads=1, shuffle_buffer=4)
+    donors = DonorLoader(train_infos, batch_size=2, size=(8, 8), threads=1, shuffle_buffer=4)
+    evaluation = EvalLoader(test_infos, size=(8, 8), threads=1)
+    assert clips.infos == donors.infos == train_infos and evaluation.infos == test_infos and not opened
+    assert next(iter(clips)).shape == (2, 3, 3, 8, 8) and len(evaluation) == 8
+
+
 def test_clip_loader_shapes_range_and_consecutive_frames(train_set):
-    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, frames=5, size=(24, 40),
+    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, clip_len=5, size=(24, 40),
                         threads=1, shuffle_buffer=8)
     assert loader.decoder == "cpu"
     batches = [batch for batch, _ in zip(loader, range(4))]
@@ -69,7 +84,7 @@ def test_clip_loader_shapes_range_and_consecutive_frames(train_set):
 
 
 def test_clip_loader_stride(train_set):
-    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, frames=4, size=SIZE, stride=3,
+    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, clip_len=4, size=SIZE, stride=3,
                         threads=1, shuffle_buffer=8)
     x = next(iter(loader))
     index, _ = read_pattern(x)
@@ -81,7 +96,7 @@ def test_two_ranks_see_disjoint_parts_covering_the_set(train_set):
     shards = resolve_shards(str(train_set))
     seen = []
     for rank in range(2):
-        loader = ClipLoader(shards, batch_size=3, frames=2, size=SIZE, shard_id=rank, num_shards=2,
+        loader = ClipLoader(shards, batch_size=3, clip_len=2, size=SIZE, shard_id=rank, num_shards=2,
                             threads=1, seed=5, shuffle_buffer=4)
         assert loader.steps_per_epoch == 2  # 4 clips per rank, padded to full batches
         it = iter(loader)
@@ -94,7 +109,7 @@ def test_two_ranks_see_disjoint_parts_covering_the_set(train_set):
 def test_uneven_parts_run_the_same_number_of_steps(train_set):
     shards = resolve_shards(str(train_set))
     for rank in range(3):  # 8 clips over 3 ranks: parts of 2, 3 and 3, all padded to 2 batches of 2
-        loader = ClipLoader(shards, batch_size=2, frames=2, size=(8, 8), shard_id=rank, num_shards=3, threads=1)
+        loader = ClipLoader(shards, batch_size=2, clip_len=2, size=(8, 8), shard_id=rank, num_shards=3, threads=1)
         assert (loader.part_size, loader.steps_per_epoch) == ((2, 3, 3)[rank], 2)
         it = iter(loader)
         for _ in range(2):
@@ -159,7 +174,7 @@ def test_fraction_takes_the_manifest_prefix_holding_its_videos(train_set):
 
 def test_empty_shard_list_and_missing_manifest(tmp_path):
     with pytest.raises(ShardError, match="shard list is empty"):
-        ClipLoader([], batch_size=2, frames=2, size=SIZE)
+        ClipLoader([], batch_size=2, clip_len=2, size=SIZE)
     with pytest.raises(ShardError, match=f"shards {tmp_path}: no manifest.json .*shards.build"):
         resolve_shards(str(tmp_path))
 
@@ -177,7 +192,7 @@ def test_shard_without_expected_entries(tmp_path):
     tar = tmp_path / "bad-000000.tar"
     (tmp_path / "bad-000000.idx").write_text(write_tar(tar, [("a", [("json", meta.to_json())])]))
     with pytest.raises(ShardError, match=rf"shard {tar}: sample 0 lacks its .mkv entry"):
-        ClipLoader([str(tar)], batch_size=2, frames=2, size=SIZE)
+        ClipLoader([str(tar)], batch_size=2, clip_len=2, size=SIZE)
 
 
 def _h264_clip(frames: np.ndarray) -> bytes:
@@ -205,18 +220,18 @@ def h264_set(tmp_path_factory) -> Path:
 def test_h264_on_cpu_names_shard_and_remedy(h264_set):
     tar = str(h264_set / "clips-000000.tar")
     with pytest.raises(ShardError, match=rf"shard {tar}: clips are h264, .*CPU decoder.*--codec vp9.*GPU"):
-        ClipLoader(resolve_shards(str(h264_set)), batch_size=2, frames=2, size=SIZE, device="cpu")
+        ClipLoader(resolve_shards(str(h264_set)), batch_size=2, clip_len=2, size=SIZE, device="cpu")
 
 
 def test_short_clips_name_the_clip_length(train_set):
     with pytest.raises(ShardError, match="clips hold 12 frames, fewer than the 13"):
-        ClipLoader(resolve_shards(str(train_set)), batch_size=2, frames=5, stride=3, size=SIZE)
+        ClipLoader(resolve_shards(str(train_set)), batch_size=2, clip_len=5, stride=3, size=SIZE)
 
 
 @pytest.mark.gpu  # the 'mixed' (NVDEC) decoder needs a GPU
 def test_gpu_decodes_with_mixed_backend_including_h264(train_set, h264_set):
     for shards in (train_set, h264_set):
-        loader = ClipLoader(resolve_shards(str(shards)), batch_size=2, frames=4, size=(24, 24),
+        loader = ClipLoader(resolve_shards(str(shards)), batch_size=2, clip_len=4, size=(24, 24),
                             device="cuda", threads=1, shuffle_buffer=4)
         assert loader.decoder == "mixed"
         x = next(iter(loader))
@@ -236,7 +251,7 @@ def test_real_footage_round_trip(real_clips, tmp_path):
     for name in ("carphone.mp4", "tree_window.avi"):
         (root / name).symlink_to(real_clips / name)
     build("videofolder", root, tmp_path / "shards", size=(48, 64), clip_len=8, progress=False)
-    loader = ClipLoader(resolve_shards(str(tmp_path / "shards")), batch_size=4, frames=5, size=(48, 64),
+    loader = ClipLoader(resolve_shards(str(tmp_path / "shards")), batch_size=4, clip_len=5, size=(48, 64),
                         threads=1, shuffle_buffer=16)
     x = next(iter(loader))
     assert x.shape == (4, 5, 3, 48, 64) and x.min() >= -1 and x.max() <= 1

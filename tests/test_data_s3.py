@@ -35,7 +35,7 @@ def test_clip_loader_reads_s3_shards(s3_train_set):
     shards = resolve_shards(url)
     assert shards == [f"{url}/{p.name}" for p in sorted(local.glob("*.tar"))]
     seen = set()
-    loader = ClipLoader(shards, batch_size=4, frames=5, size=(16, 16), threads=1, shuffle_buffer=8)
+    loader = ClipLoader(shards, batch_size=4, clip_len=5, size=(16, 16), threads=1, shuffle_buffer=8)
     it = iter(loader)
     for _ in range(loader.steps_per_epoch):
         x = next(it)

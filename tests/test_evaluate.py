@@ -69,7 +69,7 @@ def result(monkeypatch):
     import zxvad.data
 
     monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
-    return evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+    return evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
                                     device=torch.device("cpu"), batch_size=3, top_frames=2,
                                     progress=False)
 
@@ -94,7 +94,7 @@ def test_baselines_match_hand_computation(result):
 
 def test_report_table_and_metric_names(result, tmp_path):
     results = {"tiny": result}
-    files = evaluate.write_report(results, tmp_path, frames=T, plots=True)
+    files = evaluate.write_report(results, tmp_path, T=T, plots=True)
     report = json.loads((tmp_path / "results.json").read_text())
     target = report["targets"]["tiny"]
     assert target["baseline_auc"] == pytest.approx(result.baseline_aucs)
@@ -153,7 +153,7 @@ def test_worst_tile_score_in_the_same_pass_beside_the_papers(monkeypatch, tmp_pa
     import zxvad.data
 
     monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
-    r = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+    r = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
                                  device=torch.device("cpu"), batch_size=3, progress=False,
                                  patch_size=1)
     hand = {name: _hand_auc(p)[0] for name, p in PREDICTORS.items()}
@@ -169,11 +169,11 @@ def test_worst_tile_score_in_the_same_pass_beside_the_papers(monkeypatch, tmp_pa
     header = evaluate.auc_table({"tiny": r}).splitlines()[0].split()
     assert header[:12] == ["target", "G", "%", "copy_last", "mean_T", "linear", "gain", "G",
                            "patch", "%", "gain", "patch"]
-    evaluate.write_report({"tiny": r}, tmp_path, frames=T, plots=False)
+    evaluate.write_report({"tiny": r}, tmp_path, T=T, plots=False)
     report = json.loads((tmp_path / "results.json").read_text())["targets"]["tiny"]
     assert report["patch_auc"] == pytest.approx(r.patch_auc)
     assert report["videos"][0]["patch_psnr"]["G"] == pytest.approx(report["videos"][0]["psnr"])
-    off = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+    off = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
                                    device=torch.device("cpu"), batch_size=3, progress=False)
     assert off.patch_auc is None and "auc_patch/tiny" not in metrics.flat({"tiny": off})
 
@@ -243,18 +243,18 @@ def test_batches_cross_clips_and_match_per_clip_reference(monkeypatch, one_threa
     from zxvad import scoring
 
     cfg = tiny_config()
-    T, size = cfg.model.frames, cfg.model.image_size
+    T, size = cfg.model.T, cfg.model.image_size
     G = tiny_generator(cfg).eval()
     clips = _labelled_clips(T, size)
     monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: iter(clips))
     counted = BatchCounter(G)
-    result = evaluate.evaluate_target(counted, "tiny", ["unused.tar"], frames=T, size=size,
+    result = evaluate.evaluate_target(counted, "tiny", ["unused.tar"], T=T, size=size,
                                       device=torch.device("cpu"), batch_size=4, top_frames=3,
                                       progress=False)
     assert counted.sizes == [4, 4, 4, 4, 3]  # 19 windows; per clip it would be 3, 3, 3, 3, 3, 3, 1
 
     psnr, labels, predictions = _per_clip_reference(G, clips, T)
-    assert [v["video_id"] for v in result.videos] == ["v0", "v1", "v2"] and result.frames == 19
+    assert [v["video_id"] for v in result.videos] == ["v0", "v1", "v2"] and result.num_frames == 19
     for video in result.videos:
         vid = video["video_id"]
         assert video["frame_index"] == sorted(psnr["G"][vid]) == list(range(T, len(labels[vid])))
@@ -288,5 +288,5 @@ def test_batch_size_below_one_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
     with pytest.raises(ValueError, match=r"batch size -1 \(--batch-size, eval.batch_size\): expected at least 1"):
-        evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], frames=T, size=2,
+        evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
                                  device=torch.device("cpu"), batch_size=-1, progress=False)

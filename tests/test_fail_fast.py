@@ -64,7 +64,7 @@ def test_report_refuses_an_unsafe_target_name_before_writing(tmp_path):
     from zxvad.config import ConfigError
 
     with pytest.raises(ConfigError, match="a/b"):
-        evaluate.write_report({"a/b": None}, tmp_path / "out", frames=4)
+        evaluate.write_report({"a/b": None}, tmp_path / "out", T=4)
     assert not (tmp_path / "out").exists()
 
 
@@ -341,7 +341,7 @@ def test_trainer_keeps_ray_internals_out_of_the_terminal(tmp_path):
 def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
     """End to end on a local Ray: clips too short for T+1 fail in the worker, once, exit 2."""
     env = dict(os.environ, RAY_ADDRESS="", PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    argv = _train_argv(shard_set, tmp_path, "model.frames=8", "model.image_size=32", "model.width=4",
+    argv = _train_argv(shard_set, tmp_path, "model.T=8", "model.image_size=32", "model.width=4",
                        "model.memory_dim=32", "model.memory_items=8", "model.disc_width=4",
                        "model.backbone_size=64", "train.batch_size=2", "train.num_workers=1",
                        "train.max_failures=3", "data.shuffle_buffer=8")

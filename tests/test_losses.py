@@ -100,22 +100,22 @@ def arcface_by_hand(cos_target, cos_other, margin_deg=28.6, s=64.0):
 
 
 def test_relative_attention_affirmation_separated_is_lower():
-    raa = losses.ArcFace(embedding_size=4)
+    arcface = losses.ArcFace(embedding_size=4)
     with torch.no_grad():
-        raa.arcface.W.zero_()
-        raa.arcface.W[0, losses.NORMAL] = 1.0
-        raa.arcface.W[1, losses.ABNORMAL] = 1.0
+        arcface.arcface.W.zero_()
+        arcface.arcface.W[0, losses.NORMAL] = 1.0
+        arcface.arcface.W[1, losses.ABNORMAL] = 1.0
     e0 = torch.tensor([[1.0, 0.0], [0.0, 0.0]])[None]  # vec -> (1, 0, 0, 0): the normal centre
     e1 = torch.tensor([[0.0, 1.0], [0.0, 0.0]])[None]  # vec -> (0, 1, 0, 0): the abnormal centre
-    separated = raa(e0, e0, e1)
-    swapped = raa(e1, e1, e0)
+    separated = arcface(e0, e0, e1)
+    swapped = arcface(e1, e1, e0)
     # separated: every sample has cos 1 to its centre and 0 to the other
     assert separated.item() == pytest.approx(arcface_by_hand(1.0, 0.0), abs=1e-4)
     # swapped: cos 0 to its own centre, 1 to the other
     assert swapped.item() == pytest.approx(arcface_by_hand(0.0, 1.0), rel=1e-4)
     assert separated.item() < 1e-6 < 90 < swapped.item()
     with pytest.raises(ValueError, match="L_RAA was built for 4"):
-        raa(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))
+        arcface(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3), torch.zeros(1, 3, 3))
 
 
 def test_augmentation_changes_images_within_range():
@@ -150,15 +150,15 @@ def test_normalcy_objective_weights_eq6():
     n_hat, n_tilde = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
     a, ag, at = torch.rand(2, 4, 4), torch.rand(2, 4, 4), torch.rand(2, 4, 4)
     mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
-    raa = losses.ArcFace(16, cfg.arcface_margin, cfg.arcface_scale)
-    out = losses.normalcy_objective(n_hat, n_tilde, a, ag, at, mask, raa, cfg)
+    arcface = losses.ArcFace(16, cfg.arcface_margin, cfg.arcface_scale)
+    out = losses.normalcy_objective(n_hat, n_tilde, a, ag, at, mask, arcface, cfg)
     assert out["l_n"].item() == pytest.approx(losses.normalcy_loss(n_hat, n_tilde).item())
     assert out["l_rn"].item() == pytest.approx(losses.relative_normalcy_loss(n_hat, n_tilde).item())
     assert out["l_aa"].item() == pytest.approx(losses.attention_affirmation_loss(a, at, mask).item())
     expected = 2 * out["l_n"] + 0.5 * out["l_rn"] + 3 * out["l_aa"] + 0.1 * out["l_raa"]
     assert out["l_n_total"].item() == pytest.approx(expected.item(), rel=1e-6)
     out["l_n_total"].backward()
-    assert raa.arcface.W.grad is not None and raa.arcface.W.grad.abs().sum() > 0
+    assert arcface.arcface.W.grad is not None and arcface.arcface.W.grad.abs().sum() > 0
 
 
 def test_normalised_raa_is_raa_over_s_and_on_the_scale_of_the_other_terms():

@@ -13,7 +13,7 @@ from zxvad.models import (BACKBONES, Generator, MemoryModule, PatchDiscriminator
 
 
 def test_plain_unet_matches_liu_et_al():
-    G = Generator(frames=4, width=64, memory_items=0)
+    G = Generator(T=4, width=64, memory_items=0)
     assert count_parameters(G) == 7_704_195
     assert generator_gmacs(G, 256, 4) == pytest.approx(37.2, abs=0.05)
 
@@ -29,7 +29,7 @@ def test_paper_generator_matches_table_3():
 
 
 def test_generator_shapes_and_gradients():
-    G = Generator(frames=4, width=8, memory_items=20, memory_dim=64)
+    G = Generator(T=4, width=8, memory_items=20, memory_dim=64)
     frames = torch.rand(2, 4, 3, 32, 48) * 2 - 1
     out = G(frames)
     assert out.prediction.shape == (2, 3, 32, 48)
@@ -43,7 +43,7 @@ def test_generator_shapes_and_gradients():
 
 
 def test_generator_without_memory_reports_no_entropy():
-    out = Generator(frames=2, width=8, memory_items=0)(torch.zeros(1, 2, 3, 16, 16))
+    out = Generator(T=2, width=8, memory_items=0)(torch.zeros(1, 2, 3, 16, 16))
     assert memory_loss(out.memory_weights).item() == 0
     assert out.memory_weights.shape == (1, 0, 2, 2)
 
@@ -76,7 +76,7 @@ def test_memory_read_out_and_entropy():
 
 
 def test_generator_rejects_bad_shapes():
-    G = Generator(frames=4, width=8, memory_items=10, memory_dim=64)
+    G = Generator(T=4, width=8, memory_items=10, memory_dim=64)
     with pytest.raises(ValueError, match=r"expected \(B, 4, 3, H, W\)"):
         G(torch.zeros(1, 3, 3, 32, 32))
     with pytest.raises(ValueError, match="multiples of 8"):
@@ -136,7 +136,7 @@ def test_build_models_from_demo_config():
     assert isinstance(models.D, PatchDiscriminator) and isinstance(models.N, PatchDiscriminator)
     assert models.D is not models.N
     assert models.G.memory.items.shape == (cfg.memory_items, cfg.memory_dim)
-    out = models.G(torch.zeros(1, cfg.frames, 3, cfg.image_size, cfg.image_size))
+    out = models.G(torch.zeros(1, cfg.T, 3, cfg.image_size, cfg.image_size))
     assert out.prediction.shape == (1, 3, cfg.image_size, cfg.image_size)
     assert models.R.seed == cfg.backbone_seed and models.R.name == cfg.backbone
 
@@ -235,7 +235,7 @@ def test_residual_output_starts_as_the_last_frame_and_learns_the_change():
 
     torch.manual_seed(0)
     frames = torch.rand(2, 4, 3, 32, 32) * 2 - 1
-    G = Generator(frames=4, width=4, memory_items=0, output="residual")
+    G = Generator(T=4, width=4, memory_items=0, output="residual")
     torch.testing.assert_close(G(frames).prediction, frames[:, -1])  # untrained: copy_last
     target = (frames[:, -1] + 0.1).clamp(-1, 1)
     opt = torch.optim.SGD(G.parameters(), lr=0.1)
@@ -244,10 +244,10 @@ def test_residual_output_starts_as_the_last_frame_and_learns_the_change():
         (G(frames).prediction - target).abs().mean().backward()
         opt.step()
     assert G.outc.weight.abs().sum() > 0 and G.inc[0].weight.grad.abs().sum() > 0
-    paper = Generator(frames=4, width=4, memory_items=0)
+    paper = Generator(T=4, width=4, memory_items=0)
     assert (paper(frames).prediction - frames[:, -1]).abs().mean() > 0.1  # tanh output: no copy
     with pytest.raises(ValueError, match="output"):
-        Generator(frames=4, width=4, memory_items=0, output="delta")
+        Generator(T=4, width=4, memory_items=0, output="delta")
 
 
 def test_backbone_layer3_is_the_stage_before_the_last_with_the_same_weights():

@@ -31,7 +31,7 @@ def tiny_cfg(*overrides):
 def run_steps(cfg, steps=2, device="cpu"):
     torch.manual_seed(0)
     state = build_state(cfg, device)
-    clips, donors = bench_step.synthetic_batch(2, cfg.model.frames, cfg.model.image_size, device, 0)
+    clips, donors = bench_step.synthetic_batch(2, cfg.model.T, cfg.model.image_size, device, 0)
     outs = []
     for step in range(steps):
         torch.manual_seed(100 + step)

@@ -35,8 +35,8 @@ def test_frame_auc_hand_computed():
     # AUC = (3.5 + 1.0) / (2 * 4) = 0.5625
     videos = [VideoResult("a", np.array([30.0, 20.0, 25.0]), np.array([0, 0, 1, 0])),
               VideoResult("b", np.array([40.0, 10.0, 40.0]), np.array([0, 0, 0, 1]))]
-    assert frame_auc(videos, frames=1) == pytest.approx(0.5625)
-    pooled = per_video_scores(videos, frames=1)
+    assert frame_auc(videos, T=1) == pytest.approx(0.5625)
+    pooled = per_video_scores(videos, T=1)
     assert pooled.scores.tolist() == [0.0, 1.0, 0.5, 0.0, 1.0, 0.0]
     assert pooled.labels.tolist() == [0, 1, 0, 0, 0, 1]
     assert json.loads(json.dumps(pooled.as_dict()))["b"] == {"scores": [0.0, 1.0, 0.0], "labels": [0, 0, 1]}
@@ -46,22 +46,22 @@ def test_length_mismatch_names_the_video():
     videos = [VideoResult("ok", np.ones(3), np.array([0, 0, 1, 0])),
               VideoResult("Test007", np.ones(3), np.array([0, 1, 1]))]
     with pytest.raises(ValueError, match="video 'Test007': 3 labels but 3 scores \\+ 1"):
-        frame_auc(videos, frames=1)
+        frame_auc(videos, T=1)
 
 
 def test_one_class_raises():
     with pytest.raises(ValueError, match="AUC undefined: only label 0"):
-        frame_auc([VideoResult("n", np.array([1.0, 2.0]), np.zeros(4))], frames=2)
+        frame_auc([VideoResult("n", np.array([1.0, 2.0]), np.zeros(4))], T=2)
 
 
 def test_constant_video_gives_no_nan():
     videos = [VideoResult("still", np.full(4, 33.0), np.array([0, 0, 0, 0, 1])),
               VideoResult("moving", np.array([30.0, 10.0]), np.array([0, 0, 1]))]
-    pooled = per_video_scores(videos, frames=1)
+    pooled = per_video_scores(videos, T=1)
     assert not np.isnan(pooled.scores).any()
     # still: all 0 with labels [0, 0, 0, 1]; moving: [0, 1] with labels [0, 1]
     # positives {0, 1} vs negatives {0, 0, 0, 0}: (4 * .5 + 4 * 1) / 8 = 0.75
-    assert frame_auc(videos, frames=1) == pytest.approx(0.75)
+    assert frame_auc(videos, T=1) == pytest.approx(0.75)
 
 
 def test_baseline_predictions_by_hand():

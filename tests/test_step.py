@@ -23,16 +23,16 @@ def tiny_cfg(*overrides):
     return tiny_config(*TINY, *overrides)
 
 
-def squares(batch, frames=5, size=64, side=16, seed=0):
+def squares(batch, clip_len=5, size=64, side=16, seed=0):
     """Clips of a bright square moving 2 px per frame over a smooth random background."""
     g = torch.Generator().manual_seed(seed)
     background = torch.nn.functional.interpolate(torch.rand(batch, 3, 4, 4, generator=g) - 0.8,
                                                  size=(size, size), mode="bilinear")
-    clips = background[:, None].repeat(1, frames, 1, 1, 1)
-    start = torch.randint(0, size - side - 2 * frames, (batch, 2), generator=g)
+    clips = background[:, None].repeat(1, clip_len, 1, 1, 1)
+    start = torch.randint(0, size - side - 2 * clip_len, (batch, 2), generator=g)
     for b in range(batch):
         y, x = start[b].tolist()
-        for t in range(frames):
+        for t in range(clip_len):
             clips[b, t, :, y + 2 * t:y + 2 * t + side, x + 2 * t:x + 2 * t + side] = 0.9
     return clips
 
@@ -141,7 +141,7 @@ def test_load_state_dict_rejects_other_backbone_seed_and_missing_keys():
 def test_train_step_rejects_wrong_clip_shape():
     state = build_state(tiny_cfg(), "cpu")
     with pytest.raises(ValueError, match=r"expected \(B, 5, 3, H, W\)"):
-        train_step(state, squares(2, frames=4), squares(2)[:, 0])
+        train_step(state, squares(2, clip_len=4), squares(2)[:, 0])
 
 
 def test_train_step_under_ddp_matches_plain(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shards.storage import atomic_path, atomic_write, is_s3, parse_s3_url, partial_path
+from shards.storage import StagedFile, atomic_path, atomic_write, is_s3, parse_s3_url, partial_path
 
 
 def test_atomic_write_replaces_whole_and_leaves_no_partial(tmp_path):
@@ -23,6 +23,20 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_partial(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_a_staged_file_streams_under_its_partial_name_until_committed(tmp_path):
+    rows = StagedFile(tmp_path / "clip.csv")
+    with open(rows.tmp, "w") as f:
+        f.write("frame,score\n")
+        assert not rows.path.exists() and rows.tmp.name == ".clip.partial.csv"
+        f.write("4,0.5\n")
+    assert rows.commit() == tmp_path / "clip.csv"
+    assert rows.path.read_text() == "frame,score\n4,0.5\n"
+    dropped = StagedFile(tmp_path / "other.csv")
+    dropped.tmp.write_text("half")
+    dropped.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.csv"]
 
 
 @pytest.mark.parametrize("url, expected", [

@@ -173,7 +173,7 @@ def test_synthesis_pastes_on_an_input_frame_never_the_target(R):
     chosen = clips[torch.arange(16), out.frame_index]
     outside = out.mask.expand_as(chosen) == 0
     assert torch.equal(out.frames[outside], chosen[outside])
-    inputs_only = synthesize(clips[:, :4], donors, R, frames=4,
+    inputs_only = synthesize(clips[:, :4], donors, R, T=4,
                              generator=torch.Generator().manual_seed(0))
     assert torch.equal(inputs_only.frame_index, out.frame_index)
 
@@ -182,8 +182,8 @@ def test_synthesis_rejects_bad_clips(R):
     expected = r"clips of shape \(2, 3, 32, 32\): expected \(B, T\+1, 3, H, W\)"
     with pytest.raises(ValueError, match=expected):
         synthesize(torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 32), R)
-    with pytest.raises(ValueError, match="frames=6: expected 1..5"):
-        synthesize(torch.zeros(2, 5, 3, 32, 32), torch.zeros(2, 3, 32, 32), R, frames=6)
+    with pytest.raises(ValueError, match="T=6: expected 1..5"):
+        synthesize(torch.zeros(2, 5, 3, 32, 32), torch.zeros(2, 3, 32, 32), R, T=6)
 
 
 @pytest.mark.gpu

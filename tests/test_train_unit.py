@@ -15,6 +15,16 @@ def test_run_name_is_stable_across_steps_and_changes_with_the_config():
     assert train.default_run_name(named) == "mine"
 
 
+def test_run_names_hash_renamed_keys_by_their_old_names():
+    """model.T was model.frames before issue 15: runs started then keep their names and resume."""
+    import hashlib
+
+    cfg = config.load("demo", ["model.T=6"])
+    flat = {("model.frames" if k == "model.T" else k): v for k, v in cfg.flat().items() if k != "train.steps"}
+    digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
+    assert train.default_run_name(cfg) == f"{cfg.tracking.experiment}-{digest}"
+
+
 class _Trainer:
     def __init__(self, outcomes):
         self.outcomes = outcomes

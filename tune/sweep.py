@@ -134,7 +134,7 @@ def trial_table(sweep: Sweep, experiment_path: str, filesystem=None) -> list[dic
     analysis = ExperimentAnalysis(experiment_path, storage_filesystem=filesystem,
                                   default_metric=sweep.metric, default_mode=sweep.mode)
     out = []
-    frames = analysis.trial_dataframes
+    dataframes = analysis.trial_dataframes
     for trial in analysis.trials:
         params, seed = trial_params(trial.config)
         steps = sweep.trial_config(params, seed).train.steps
@@ -148,7 +148,7 @@ def trial_table(sweep: Sweep, experiment_path: str, filesystem=None) -> list[dic
             "params": params, "status": trial.status, "error": error, "step": step, "steps": steps,
             sweep.metric: last.get(sweep.metric), "eval_round": last.get("eval_round"),
             "stopped_early": trial.status == "TERMINATED" and step is not None and step < steps,
-            "best_checkpoint": _best_checkpoint(frames.get(trial.trial_id), sweep),
+            "best_checkpoint": _best_checkpoint(dataframes.get(trial.trial_id), sweep),
         })
     return out
 

@@ -26,6 +26,9 @@ CRITIC_NORMS = ("batch", "instance", "none")
 ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
 # Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Keys renamed since configs were first written (old -> new): YAML files and checkpoints written
+# before still load, and run names hash the old names so those runs still resume.
+RENAMED_KEYS = {"model.frames": "model.T"}  # issue 15: "frames" meant T
 
 
 class ConfigError(ValueError):
@@ -37,7 +40,7 @@ class ModelConfig:
     """G, D, N and R. ``width`` is G's first U-Net level (64 in the paper)."""
 
     image_size: int = 256  # square frames, H = W
-    frames: int = 4  # T: G sees T frames and predicts frame T+1
+    T: int = 4  # G sees T frames and predicts frame T+1
     width: int = 64  # U-Net levels are width, 2w, 4w, 8w
     memory_items: int = 2000  # K
     memory_dim: int = 512  # Q; must equal 8 * width (G's bottleneck channels)
@@ -210,11 +213,23 @@ def _section_types(section_cls: type) -> dict[str, Any]:
 
 def _validate(cfg: Config) -> Config:
     """Cross-field checks; each failure names its key."""
-    m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
-    checks = [
+    checks = [*_model_checks(cfg.model), *_loss_checks(cfg.loss), *_data_checks(cfg.data),
+              *_run_checks(cfg)]
+    for key, ok, why in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+    for name in cfg.eval.targets:
+        check_target_name(name, f"config key 'eval.targets.{name}'")
+    return cfg
+
+
+def _model_checks(m: ModelConfig) -> list[tuple[str, Any, str]]:
+    return [
         ("model.image_size", m.image_size >= 32 and m.image_size % 16 == 0,
          "must be a multiple of 16 and at least 32 (four 2x poolings in G)"),
-        ("model.frames", m.frames >= 1, "must be at least 1"),
+        ("model.T", m.T >= 1, "must be at least 1"),
         ("model.width", m.width >= 1, "must be positive"),
         ("model.memory_items", m.memory_items >= 1, "must be positive"),
         ("model.memory_dim", m.memory_dim == 8 * m.width,
@@ -238,15 +253,34 @@ def _validate(cfg: Config) -> Config:
         ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,
          "must be 0 (donor size) or at least 32"),
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),
-        ("loss.attention_scale", cfg.loss.attention_scale in ATTENTION_SCALES,
-         f"must be one of {', '.join(ATTENTION_SCALES)}"),
         ("model.disc_width", m.disc_width >= 1, "must be positive"),
         ("model.backbone_seed", m.backbone_seed >= 0, "must be 0 or more"),
+    ]
+
+
+def _loss_checks(loss: LossConfig) -> list[tuple[str, Any, str]]:
+    checks = [("loss.attention_scale", loss.attention_scale in ATTENTION_SCALES,
+               f"must be one of {', '.join(ATTENTION_SCALES)}")]
+    checks += [(f"loss.{name}", value >= 0, "must be 0 or more")
+               for name, value in loss.__dict__.items() if not isinstance(value, str)]
+    return checks + [("loss.arcface_margin", loss.arcface_margin < 90, "must lie in [0, 90) degrees"),
+                     ("loss.arcface_scale", loss.arcface_scale > 0, "must be positive")]
+
+
+def _data_checks(d: DataConfig) -> list[tuple[str, Any, str]]:
+    return [
         ("data.fraction", 0 < d.fraction <= 1, "must lie in (0, 1]"),
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
         ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be at least 1"),
         ("data.loader_threads", d.loader_threads >= 1, "must be at least 1"),
         ("data.seed", d.seed >= 0, "must be 0 or more"),
+    ]
+
+
+def _run_checks(cfg: Config) -> list[tuple[str, Any, str]]:
+    """train, eval and tracking."""
+    t, e = cfg.train, cfg.eval
+    return [
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
         ("train.steps", t.steps >= 1, "must be at least 1"),
         ("train.lr_g", t.lr_g > 0, "must be positive"),
@@ -262,7 +296,7 @@ def _validate(cfg: Config) -> Config:
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),
         ("eval.eval_every", e.eval_every >= 0, "must be 0 (end only) or more"),
         ("eval.batch_size", e.batch_size >= 1, "must be at least 1"),
-        ("eval.patch_size", 0 <= e.patch_size <= m.image_size,
+        ("eval.patch_size", 0 <= e.patch_size <= cfg.model.image_size,
          "must be 0 (off) or a tile side of at most model.image_size"),
         ("eval.top_frames", e.top_frames >= 0, "must be 0 or more"),
         ("train.keep_best_by", t.keep_best_by == "" or re.fullmatch(r"auc(_gain)?/[\w.-]+", t.keep_best_by),
@@ -272,20 +306,6 @@ def _validate(cfg: Config) -> Config:
         ("tracking.on_unreachable", cfg.tracking.on_unreachable in ("fail", "local"),
          "must be 'fail' or 'local'"),
     ]
-    for name, value in cfg.loss.__dict__.items():
-        if isinstance(value, str):
-            continue  # loss.attention_scale, checked above
-        checks.append((f"loss.{name}", value >= 0, "must be 0 or more"))
-    checks += [("loss.arcface_margin", cfg.loss.arcface_margin < 90, "must lie in [0, 90) degrees"),
-               ("loss.arcface_scale", cfg.loss.arcface_scale > 0, "must be positive")]
-    for key, ok, why in checks:
-        if not ok:
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"config key '{key}' = {value!r}: {why}")
-    for name in e.targets:
-        check_target_name(name, f"config key 'eval.targets.{name}'")
-    return cfg
 
 
 def check_target_name(name: str, where: str) -> str:
@@ -310,7 +330,7 @@ def from_dict(raw: dict[str, Any] | None, base: Config | None = None) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config key '{section}': expected a mapping of keys, got {values!r}")
         for key, value in values.items():
-            set_value(cfg, f"{section}.{key}", value)
+            set_value(cfg, RENAMED_KEYS.get(f"{section}.{key}", f"{section}.{key}"), value)
     return cfg
 
 

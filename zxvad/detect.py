@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from array import array
@@ -34,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from shards.storage import StagedFile, atomic_path, atomic_write
 from zxvad import metrics, scoring
 from zxvad.checkpoint import load_generator as load_detector
 from zxvad.resources import peak_rss_mb
@@ -69,7 +69,7 @@ class Detection:
     name: str
     source: str
     fps: float
-    frames: int  # frames decoded (scored ones are frames - T)
+    num_frames: int  # frames decoded (the scored ones: num_frames - T)
     first_scored: int  # T
     time: np.ndarray
     psnr: np.ndarray
@@ -92,7 +92,7 @@ class Detection:
 
     @property
     def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+        return self.num_frames / self.seconds if self.seconds > 0 else float("nan")
 
 
 def format_time(seconds: float) -> str:
@@ -145,9 +145,8 @@ class _CsvRows:
     """``NAME.csv`` written row by row into a hidden partial file, renamed when complete."""
 
     def __init__(self, path: Path, with_flag: bool):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.partial")
-        self.file = open(self.tmp, "w")
+        self.staged = StagedFile(path)
+        self.file = open(self.staged.tmp, "w")
         self.file.write("frame,time_s,psnr,score" + (",anomalous\n" if with_flag else "\n"))
 
     def write(self, index: int, t: float, psnr: float, score: float, flag: int | None) -> None:
@@ -156,12 +155,11 @@ class _CsvRows:
 
     def finish(self) -> Path:
         self.file.close()
-        os.replace(self.tmp, self.path)
-        return self.path
+        return self.staged.commit()
 
     def abort(self) -> None:
         self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.staged.discard()
 
 
 def _heat_colors() -> torch.Tensor:
@@ -199,12 +197,12 @@ class _VideoPass:
     """One input's pass: decode into a ring of T+1 frames, score batches with G and the baselines,
     stream the CSV (and overlay), track segments; all its outputs or none of them."""
 
-    def __init__(self, G: torch.nn.Module, source: VideoSource, *, frames: int, device: torch.device,
+    def __init__(self, G: torch.nn.Module, source: VideoSource, *, T: int, device: torch.device,
                  out: Path, name: str, batch_size: int, window: int | None, threshold: float | None,
                  overlay: bool, progress: bool):
         from tqdm import tqdm
 
-        self.G, self.source, self.T, self.device, self.out, self.name = G, source, frames, device, out, name
+        self.G, self.source, self.T, self.device, self.out, self.name = G, source, T, device, out, name
         self.batch_size, self.window, self.threshold, self.overlay = batch_size, window, threshold, overlay
         self.csv = _CsvRows(out / f"{name}.csv", threshold is not None)
         self.normaliser = SlidingNormaliser(window) if window is not None else None
@@ -213,7 +211,7 @@ class _VideoPass:
         self.writer: VideoWriter | None = None
         self.times, self.psnrs, self.scores = array("d"), array("d"), array("d")
         self.baselines = {b: array("d") for b in scoring.BASELINES}
-        self.ring: deque[torch.Tensor] = deque(maxlen=frames + 1)
+        self.ring: deque[torch.Tensor] = deque(maxlen=T + 1)
         self.pending: list[tuple] = []  # (index, time, display, window (T+1, 3, S, S))
         self.files: list[Path] = []
         self.bar = tqdm(total=source.total, desc=name, unit="frame", disable=not progress,
@@ -296,7 +294,7 @@ class _VideoPass:
         if self.threshold is not None and (closed := self.tracker.close()) and self.normaliser:
             self.announce(closed)
         det = Detection(name=self.name, source=self.source.source, fps=self.source.fps,
-                        frames=decoded, first_scored=self.T, time=times, psnr=psnr, score=score,
+                        num_frames=decoded, first_scored=self.T, time=times, psnr=psnr, score=score,
                         threshold=self.threshold, segments=self.tracker.segments,
                         normalisation=f"window:{self.window}" if self.normaliser else "video",
                         seconds=seconds, stopped=stopped,
@@ -320,7 +318,7 @@ class _VideoPass:
 
 
 @torch.no_grad()
-def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device: torch.device,
+def detect_video(G: torch.nn.Module, source: VideoSource, *, T: int, device: torch.device,
                  out_dir: str | Path, batch_size: int = 16, window: int | None = None,
                  threshold: float | None = None, overlay: bool = False, name: str | None = None,
                  progress: bool = True) -> Detection:
@@ -329,7 +327,7 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device
     Args:
         G: the generator in eval mode, on ``device``.
         source: the open input (its frames come at G's size).
-        frames: T.
+        T: G's input frames; the first T are not scored.
         out_dir: where ``NAME.csv``, ``NAME.json``, ``NAME-curve.png`` (and the overlay) go.
         batch_size: windows per forward pass.
         window: normalise over the last ``window`` frames (live streams); None: the whole video.
@@ -345,7 +343,7 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scan = _VideoPass(G, source, frames=frames, device=device, out=out, name=name or source.name,
+    scan = _VideoPass(G, source, T=T, device=device, out=out, name=name or source.name,
                       batch_size=batch_size, window=window, threshold=threshold, overlay=overlay,
                       progress=progress)
     start = time.perf_counter()
@@ -359,7 +357,7 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, frames: int, device
 
 def _write_json(det: Detection, path: Path) -> Path:
     report = {
-        "source": det.source, "fps": det.fps, "decoded_frames": det.frames,
+        "source": det.source, "fps": det.fps, "decoded_frames": det.num_frames,
         "first_scored_frame": det.first_scored, "normalisation": det.normalisation,
         "threshold": det.threshold, "stopped_by_user": det.stopped,
         "segments": [s.as_dict() for s in det.segments],
@@ -369,10 +367,7 @@ def _write_json(det: Detection, path: Path) -> Path:
     }
     if det.anomalous is not None:
         report["frames"]["anomalous"] = det.anomalous.tolist()
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(report))
 
 
 def plot_curve(det: Detection, path: str | Path) -> Path:
@@ -400,10 +395,9 @@ def plot_curve(det: Detection, path: str | Path) -> Path:
     bottom.set_ylabel("PSNR (dB)")
     bottom.set_xlabel("time (s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.partial.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
     return path
@@ -438,19 +432,19 @@ def labelled_video(det: Detection, labels: np.ndarray, path: str, truncated: boo
         ValueError: labels that do not cover every decoded frame (or exceed them, unless the
             input was cut short by ``--max-frames`` or the user).
     """
-    if len(labels) < det.frames or (len(labels) > det.frames and not truncated):
-        raise ValueError(f"--labels {path}: {len(labels)} labels for the {det.frames} decoded "
+    if len(labels) < det.num_frames or (len(labels) > det.num_frames and not truncated):
+        raise ValueError(f"--labels {path}: {len(labels)} labels for the {det.num_frames} decoded "
                          f"frames of '{det.source}'")
-    labels = labels[:det.frames]
+    labels = labels[:det.num_frames]
     psnrs = {"G": det.psnr, **det.baseline_psnr}
     return {p: scoring.VideoResult(det.name, v, labels) for p, v in psnrs.items()}
 
 
-def label_table(videos: list[dict[str, scoring.VideoResult]], frames: int) -> str:
+def label_table(videos: list[dict[str, scoring.VideoResult]], T: int) -> str:
     """AUC of G and of the baselines per labelled input (where both classes occur) and pooled
     over all of them, by the evaluation protocol (min-max over each whole video)."""
     def scores(group: list[dict[str, scoring.VideoResult]]):
-        aucs = {p: scoring.frame_auc([v[p] for v in group], frames) for p in group[0]}
+        aucs = {p: scoring.frame_auc([v[p] for v in group], T) for p in group[0]}
         return SimpleNamespace(auc=aucs.pop("G"), baseline_aucs=aucs)
 
     rows, skipped = {}, []
@@ -536,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     name += "_"
                 names.add(name)
                 window = args.window or (LIVE_WINDOW if source.live else None)
-                det = detect_video(G, source, frames=cfg.model.frames, device=device, out_dir=args.out,
+                det = detect_video(G, source, T=cfg.model.T, device=device, out_dir=args.out,
                                    batch_size=args.batch_size or cfg.eval.batch_size, window=window,
                                    threshold=args.threshold, overlay=args.overlay, name=name,
                                    progress=not args.no_progress)
@@ -544,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
             continue
-        print(f"{det.name}: {det.frames} frames ({len(det.psnr)} scored), "
+        print(f"{det.name}: {det.num_frames} frames ({len(det.psnr)} scored), "
               f"{det.frames_per_second:.1f} frame/s on {device.type}, peak RSS {peak_rss_mb():.0f} MB"
               + (" (stopped by the user)" if det.stopped else ""))
         if det.threshold is not None:
@@ -559,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 failed += 1
     if labelled:
-        print(label_table(labelled, cfg.model.frames))
+        print(label_table(labelled, cfg.model.T))
     return 2 if failed else 0
 
 

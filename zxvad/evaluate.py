@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import os
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from shards.storage import atomic_write
 from zxvad import metrics, scoring
 from zxvad.ddp import unwrap as _unwrap
 
@@ -61,7 +61,7 @@ class TargetResult:
     name: str
     auc: float
     videos: list[dict]
-    frames: int
+    num_frames: int  # frames scored
     seconds: float
     top: list[dict]  # the highest-scoring frames with their images for difference maps
     baseline_aucs: dict[str, float] = field(default_factory=dict)  # trivial predictors, same frames
@@ -70,7 +70,7 @@ class TargetResult:
 
     @property
     def fps(self) -> float:
-        return self.frames / self.seconds if self.seconds > 0 else float("nan")
+        return self.num_frames / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def gain(self) -> float:
@@ -78,7 +78,7 @@ class TargetResult:
 
 
 @torch.no_grad()
-def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames: int, size: int,
+def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, T: int, size: int,
                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
                     progress: bool = True, patch_size: int = 0) -> TargetResult:
     """Score every scorable frame of one target set with G and with the trivial baselines.
@@ -99,8 +99,8 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
     bar = tqdm(desc=f"evaluate {name}", unit="frame", disable=not progress, leave=False)
     try:
         clips = EvalLoader(shards, size=(size, size), device=device)
-        for batch, owners in _window_batches(clips, videos, frames=frames, batch_size=batch_size):
-            compute += _score_batch(G, batch.to(device), owners, frames=frames, device=device,
+        for batch, owners in _window_batches(clips, videos, T=T, batch_size=batch_size):
+            compute += _score_batch(G, batch.to(device), owners, T=T, device=device,
                                     top_frames=top_frames, patch_size=patch_size)
             scored += len(owners)
             bar.update(len(owners))
@@ -109,19 +109,19 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, frames:
         G.train(was_training)
     if not videos:
         raise ValueError(f"target '{name}': the test shards hold no clips")
-    per_video, results = _finish_videos(name, videos, frames)
-    auc = scoring.frame_auc(results.pop("G"), frames)
-    baseline_aucs = {b: scoring.frame_auc(r, frames) for b, r in results.items()}
+    per_video, results = _finish_videos(name, videos, T)
+    auc = scoring.frame_auc(results.pop("G"), T)
+    baseline_aucs = {b: scoring.frame_auc(r, T) for b, r in results.items()}
     top = _top_frames(videos, per_video, top_frames)
     result = TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
     if patch_size:
-        patch = _patch_results(videos, per_video, frames)
-        result.patch_auc = scoring.frame_auc(patch.pop("G"), frames)
-        result.patch_baseline_aucs = {b: scoring.frame_auc(r, frames) for b, r in patch.items()}
+        patch = _patch_results(videos, per_video, T)
+        result.patch_auc = scoring.frame_auc(patch.pop("G"), T)
+        result.patch_baseline_aucs = {b: scoring.frame_auc(r, T) for b, r in patch.items()}
     return result
 
 
-def _patch_results(videos: dict[str, _VideoAccumulator], per_video: list[dict], frames: int
+def _patch_results(videos: dict[str, _VideoAccumulator], per_video: list[dict], T: int
                    ) -> dict[str, list[scoring.VideoResult]]:
     """The worst-tile PSNRs as :class:`scoring.VideoResult` s; also written into ``per_video``."""
     results: dict[str, list[scoring.VideoResult]] = {p: [] for p in ("G", *scoring.BASELINES)}
@@ -147,7 +147,7 @@ def _accumulator(videos: dict[str, _VideoAccumulator], clip) -> _VideoAccumulato
     return acc
 
 
-def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int, batch_size: int
+def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, T: int, batch_size: int
                     ) -> Iterator[tuple[torch.Tensor, list[tuple[_VideoAccumulator, int]]]]:
     """Prediction windows of consecutive clips (of any videos) in batches of ``batch_size``.
 
@@ -161,7 +161,7 @@ def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int,
     pending, owners = [], []
     for clip in clips:
         acc = _accumulator(videos, clip)
-        windows, index, _ = prediction_windows(clip, frames)
+        windows, index, _ = prediction_windows(clip, T)
         index, start = index.tolist(), 0
         while start < len(index):
             take = min(batch_size - len(owners), len(index) - start)
@@ -176,9 +176,9 @@ def _window_batches(clips, videos: dict[str, _VideoAccumulator], *, frames: int,
 
 
 def _score_batch(G: torch.nn.Module, batch: torch.Tensor, owners: list[tuple[_VideoAccumulator, int]],
-                 *, frames: int, device: torch.device, top_frames: int, patch_size: int = 0) -> float:
+                 *, T: int, device: torch.device, top_frames: int, patch_size: int = 0) -> float:
     """PSNR of G and of each baseline for a batch of windows, kept per video; returns G's seconds."""
-    inputs, target = batch[:, :frames], batch[:, frames]
+    inputs, target = batch[:, :T], batch[:, T]
     began = time.perf_counter()
     prediction = G(inputs).prediction
     if device.type == "cuda":
@@ -200,7 +200,7 @@ def _score_batch(G: torch.nn.Module, batch: torch.Tensor, owners: list[tuple[_Vi
     return compute
 
 
-def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
+def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], T: int
                    ) -> tuple[list[dict], dict[str, list[scoring.VideoResult]]]:
     """Per-video report entries, and the :class:`scoring.VideoResult` s of G and each baseline."""
     per_video: list[dict] = []
@@ -210,10 +210,10 @@ def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
             missing = int((acc.labels < 0).sum())
             raise ValueError(f"target '{name}', video '{video_id}': {missing} frames never arrived "
                              "from the test shards (were the shards cut with a different overlap?)")
-        expected = list(range(frames, acc.video_frames))
+        expected = list(range(T, acc.video_frames))
         if sorted(acc.psnr) != expected:
             raise ValueError(f"target '{name}', video '{video_id}': scored {len(acc.psnr)} frames, "
-                             f"expected {len(expected)} (frames {frames}..{acc.video_frames - 1})")
+                             f"expected {len(expected)} (frames {T}..{acc.video_frames - 1})")
         labels = acc.labels.astype(np.uint8)
         psnr = np.array([acc.psnr[i] for i in expected])
         results["G"].append(scoring.VideoResult(video_id, psnr, labels))
@@ -223,7 +223,7 @@ def _finish_videos(name: str, videos: dict[str, _VideoAccumulator], frames: int
             results[b].append(scoring.VideoResult(video_id, np.array(baseline_psnr[b]), labels))
         per_video.append({"video_id": video_id, "frame_index": expected, "psnr": psnr.tolist(),
                           "score": scoring.normalize_scores(psnr).tolist(),
-                          "label": acc.labels[frames:].tolist(), "labels_all": acc.labels.tolist(),
+                          "label": acc.labels[T:].tolist(), "labels_all": acc.labels.tolist(),
                           "baseline_psnr": baseline_psnr})
     return per_video, results
 
@@ -249,11 +249,11 @@ def _top_frames(videos: dict[str, _VideoAccumulator], per_video: list[dict], k: 
     return candidates[:k]
 
 
-def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, frames: int, size: int,
+def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, T: int, size: int,
                      device: torch.device, batch_size: int = 16, top_frames: int = 4,
                      progress: bool = True, patch_size: int = 0) -> dict[str, TargetResult]:
     """:func:`evaluate_target` for each named target, in order."""
-    return {name: evaluate_target(G, name, shards, frames=frames, size=size, device=device,
+    return {name: evaluate_target(G, name, shards, T=T, size=size, device=device,
                                   batch_size=batch_size, top_frames=top_frames, progress=progress,
                                   patch_size=patch_size)
             for name, shards in targets.items()}
@@ -261,7 +261,7 @@ def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, frame
 
 def auc_table(results: dict[str, TargetResult]) -> str:
     """A plain-text table: one row per target (G, each baseline, gain, frames, videos), then the mean."""
-    extra = {r.name: {"frames": str(r.frames), "videos": str(len(r.videos))} for r in results.values()}
+    extra = {r.name: {"frames": str(r.num_frames), "videos": str(len(r.videos))} for r in results.values()}
     return metrics.table(metrics.flat(results), extra)
 
 
@@ -276,12 +276,12 @@ def efficiency(G: torch.nn.Module, cfg, results: dict[str, TargetResult] | None 
         torch.save(G.state_dict(), path)
         megabytes = path.stat().st_size / 1e6  # MB as in the paper (10^6 bytes)
     figures = {"params": float(count_parameters(G)),
-               "gmacs": float(generator_gmacs(G, cfg.model.image_size, cfg.model.frames)),
+               "gmacs": float(generator_gmacs(G, cfg.model.image_size, cfg.model.T)),
                "checkpoint_mb": megabytes}
     if results:
-        frames = sum(r.frames for r in results.values())
+        num_frames = sum(r.num_frames for r in results.values())
         seconds = sum(r.seconds for r in results.values())
-        figures["inference_fps"] = frames / seconds if seconds > 0 else float("nan")
+        figures["inference_fps"] = num_frames / seconds if seconds > 0 else float("nan")
     if energy_joules is not None:
         figures["gpu_energy_j"] = energy_joules
     return figures
@@ -321,7 +321,7 @@ class EnergyMeter:
             return None
 
 
-def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frames: int,
+def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, T: int,
                  figures: dict | None = None, plots: bool = True) -> list[Path]:
     """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
     from zxvad.config import check_target_name
@@ -330,17 +330,14 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, frame
         check_target_name(name, f"target '{name}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"frames_T": frames, "mean_auc": metrics.mean_auc(results),
+    report = {"T": T, "mean_auc": metrics.mean_auc(results),
               "metrics": metrics.flat(results), "efficiency": figures or {},
               "targets": {name: {"auc": r.auc, "baseline_auc": r.baseline_aucs, "gain": r.gain,
                                  "patch_auc": r.patch_auc,
                                  "patch_baseline_auc": r.patch_baseline_aucs,
-                                 "scored_frames": r.frames, "videos": r.videos}
+                                 "scored_frames": r.num_frames, "videos": r.videos}
                           for name, r in results.items()}}
-    files = [out / "results.json"]
-    tmp = out / ".results.json.partial"
-    tmp.write_text(json.dumps(report))
-    os.replace(tmp, files[0])
+    files = [atomic_write(out / "results.json", json.dumps(report))]
     if plots:
         from zxvad import plots as plot_lib
 
@@ -410,11 +407,11 @@ def main(argv: list[str] | None = None) -> int:
             print(warning, file=sys.stderr)
         batch_size = cfg.eval.batch_size if args.batch_size is None else args.batch_size
         with EnergyMeter(device) as meter:
-            results = evaluate_targets(G, resolved, frames=cfg.model.frames, size=cfg.model.image_size,
+            results = evaluate_targets(G, resolved, T=cfg.model.T, size=cfg.model.image_size,
                                        device=device, batch_size=batch_size,
                                        top_frames=cfg.eval.top_frames)
         figures = efficiency(G, cfg, results, meter.joules)
-        files = write_report(results, args.out, frames=cfg.model.frames, figures=figures,
+        files = write_report(results, args.out, T=cfg.model.T, figures=figures,
                              plots=not args.no_plots)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -44,7 +44,7 @@ def example_frames(cfg, batch: int = 2, seed: int = 0) -> Tensor:
     """Random windows in [-1, 1] of the checkpoint's shape (batch >= 2 keeps the batch dynamic)."""
     m = cfg.model
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(batch, m.frames, 3, m.image_size, m.image_size, generator=generator) * 2 - 1
+    return torch.rand(batch, m.T, 3, m.image_size, m.image_size, generator=generator) * 2 - 1
 
 
 def export_torchscript(G: nn.Module, cfg, path: str | Path) -> Path:
@@ -119,9 +119,9 @@ def export(G: nn.Module, cfg, fmt: str, path: str | Path, atol: float = DEFAULT_
                              f"(more than --atol {atol:g})")
         m = cfg.model
         card = {"format": fmt, "checkpoint": source, "input": "frames", "output": "prediction",
-                "input_shape": ["batch", m.frames, 3, m.image_size, m.image_size],
+                "input_shape": ["batch", m.T, 3, m.image_size, m.image_size],
                 "output_shape": ["batch", 3, m.image_size, m.image_size], "range": [-1.0, 1.0],
-                "color": "RGB", "frames_T": m.frames, "image_size": m.image_size,
+                "color": "RGB", "T": m.T, "image_size": m.image_size,
                 "max_abs_difference_vs_pytorch": diff, "config": cfg.to_dict()}
         atomic_write(path.with_name(path.name + ".json"), json.dumps(card, indent=2))
     return path, diff

@@ -208,14 +208,14 @@ def generator_objective(pred: Tensor, target: Tensor, memory_weights: Tensor, d_
 
 def normalcy_objective(n_normal: Tensor, n_pseudo: Tensor, att_normal: Tensor,
                        att_augmented: Tensor, att_pseudo: Tensor, mask: Tensor,
-                       raa: ArcFace, cfg: LossConfig) -> dict[str, Tensor]:
+                       arcface: ArcFace, cfg: LossConfig) -> dict[str, Tensor]:
     """L_N total of eq. (6): alpha_n L_N + alpha_m L_RN + alpha_aa L_AA + alpha_raa L_RAA.
 
     Args:
         n_normal, n_pseudo: N(v^) and N(v~) patch logits.
         att_normal, att_augmented, att_pseudo: A(v^), A(g(v^)), A(v~), each (B, h, w).
         mask: M~, (B, 1, H, W).
-        raa: the ArcFace head of L_RAA (its W trains with N).
+        arcface: the ArcFace head of L_RAA (its W trains with N).
         cfg: the loss weights.
 
     Returns:
@@ -224,6 +224,6 @@ def normalcy_objective(n_normal: Tensor, n_pseudo: Tensor, att_normal: Tensor,
     l_n = normalcy_loss(n_normal, n_pseudo)
     l_rn = relative_normalcy_loss(n_normal, n_pseudo)
     l_aa = attention_affirmation_loss(att_normal, att_pseudo, mask)
-    l_raa = raa(att_normal, att_augmented, att_pseudo)
+    l_raa = arcface(att_normal, att_augmented, att_pseudo)
     total = cfg.alpha_n * l_n + cfg.alpha_m * l_rn + cfg.alpha_aa * l_aa + cfg.alpha_raa * l_raa
     return {"l_n": l_n, "l_rn": l_rn, "l_aa": l_aa, "l_raa": l_raa, "l_n_total": total}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from shards.storage import atomic_path
 from zxvad import scoring
 
 
@@ -35,9 +35,8 @@ def _spans(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name("." + path.name + ".partial.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     return path
 
 
@@ -75,12 +74,12 @@ def anomaly_curves(videos: list[dict], path: str | Path, title: str = "") -> Pat
         plt.close(fig)
 
 
-def difference_maps(frames: list[dict], path: str | Path, title: str = "") -> Path:
+def difference_maps(top: list[dict], path: str | Path, title: str = "") -> Path:
     """Rows of frame, G's prediction and |prediction - frame| for the highest-scoring frames."""
     plt = _pyplot()
     path = Path(path)
-    fig, axes = plt.subplots(len(frames), 3, figsize=(7.5, 2.5 * len(frames)), squeeze=False)
-    for row, item in zip(axes, frames):
+    fig, axes = plt.subplots(len(top), 3, figsize=(7.5, 2.5 * len(top)), squeeze=False)
+    for row, item in zip(axes, top):
         diff = np.abs(item["prediction"] - item["frame"]).mean(axis=2)
         row[0].imshow(item["frame"])
         row[1].imshow(item["prediction"])

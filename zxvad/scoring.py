@@ -119,24 +119,24 @@ class PooledScores(NamedTuple):
                 for vid, a, b in self.videos}
 
 
-def per_video_scores(videos: list[VideoResult], frames: int) -> PooledScores:
+def per_video_scores(videos: list[VideoResult], T: int) -> PooledScores:
     """Normalised anomaly scores and labels of every scored frame, pooled over ``videos``.
 
     Args:
         videos: one :class:`VideoResult` per test video.
-        frames: T; the first T frames of each video are not scored.
+        T: G's input frames; the first T frames of each video are not scored.
 
     Raises:
-        ValueError: a video whose label count is not ``len(psnr) + frames``.
+        ValueError: a video whose label count is not ``len(psnr) + T``.
     """
     scores, labels, spans, start = [], [], [], 0
     for v in videos:
         p, y = np.asarray(v.psnr).ravel(), np.asarray(v.labels).ravel()
-        if len(y) != len(p) + frames:
+        if len(y) != len(p) + T:
             raise ValueError(f"video '{v.video_id}': {len(y)} labels but {len(p)} scores + "
-                             f"{frames} unscored frames = {len(p) + frames}")
+                             f"{T} unscored frames = {len(p) + T}")
         scores.append(normalize_scores(p))
-        labels.append(y[frames:].astype(np.int64))
+        labels.append(y[T:].astype(np.int64))
         spans.append((v.video_id, start, start + len(p)))
         start += len(p)
     if not videos:
@@ -144,14 +144,14 @@ def per_video_scores(videos: list[VideoResult], frames: int) -> PooledScores:
     return PooledScores(np.concatenate(scores), np.concatenate(labels), spans)
 
 
-def frame_auc(videos: list[VideoResult], frames: int) -> float:
+def frame_auc(videos: list[VideoResult], T: int) -> float:
     """Pooled frame-level ROC AUC of the anomaly scores (1 = abnormal label).
 
     Raises:
         ValueError: a length mismatch (see :func:`per_video_scores`), or scored frames of one
             class only (AUC undefined).
     """
-    pooled = per_video_scores(videos, frames)
+    pooled = per_video_scores(videos, T)
     classes = np.unique(pooled.labels)
     if len(classes) != 2:
         have = "no scored frames" if len(classes) == 0 else f"only label {classes[0]}"

@@ -212,71 +212,83 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
         generator: random source of O's frame choice and boxes (g uses the global RNG).
 
     Returns:
-        Every term, read as a float on first access (:class:`StepLosses`): l_mse, l_ssim, l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n,
-        l_g, l_d, l_n, l_rn, l_aa, l_raa, l_n_total, mask_area, and the mean patch outputs
-        d_real, d_fake, n_normal, n_pseudo. With ``loss.alpha_N == 0`` N is switched off (no
+        Every term, read as a float on first access (:class:`StepLosses`): G's l_mse, l_ssim,
+        l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n, l_g; D's l_d and mean patch outputs d_real,
+        d_fake; N's l_n, l_rn, l_aa, l_raa, l_n_total, mean patch outputs n_normal, n_pseudo and
+        O's mask_area. With ``loss.alpha_N == 0`` N is switched off (no
         synthesis, no N update, no N term in L_G) and its terms read 0.
     """
-    cfg, T = state.cfg, state.cfg.model.frames
+    T = state.cfg.model.T
     if clips.dim() != 5 or clips.shape[1] != T + 1 or clips.shape[2] != 3:
         raise ValueError(f"clips of shape {tuple(clips.shape)}: expected (B, {T + 1}, 3, H, W)")
-    batch, device = clips.shape[0], clips.device
-    use_n = cfg.loss.alpha_N > 0
-    amp = dict(device_type=device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
     for module in (state.G, state.D, state.N, state.arcface):
         module.train()
-    inputs, target = clips[:, :T], clips[:, T]
-    zero = clips.new_zeros((), dtype=torch.float32)
+    amp = dict(device_type=clips.device.type, dtype=state.amp_dtype,
+               enabled=state.amp_dtype is not None)
+    target = clips[:, T]
 
     state.section("start")
     with torch.autocast(**amp):
-        out = state.G(inputs)
+        out = state.G(clips[:, :T])
     state.section("g_forward")
-    pred = out.prediction
-    fake = pred.detach().float()
+    fake = out.prediction.detach().float()
 
-    # D: real v_{T+1} against the detached v^, in one forward (one DDP call, shared BN batch).
-    with torch.autocast(**amp):
-        d_logits = state.D(torch.cat([target, fake]))
-    d_real, d_fake = d_logits.float().split(batch)
-    l_d = losses.discriminator_loss(d_real, d_fake)
-    _update(state, state.opt_d, l_d, "d")
-
-    # N and ArcFace: v^ (normal), g(v^) (augmented normal) and v~ (pseudo-anomaly), one forward.
-    terms_n = dict.fromkeys(("l_n", "l_rn", "l_aa", "l_raa", "l_n_total"), zero)
-    n_normal_mean = n_pseudo_mean = zero
-    mask_area = zero
-    if use_n:
-        with torch.no_grad():
-            syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
-                             generator=generator, frames=T, spread=cfg.model.mask_spread)
-            state.section("o")
-            augmented = state.augment((fake + 1) / 2) * 2 - 1
-            state.section("augment")
-        mask_area = syn.object_mask.mean()
-        with torch.autocast(**amp):
-            n_logits, features = state.N(torch.cat([fake, augmented, syn.frames.float()]),
-                                         return_features=True)
-        n_normal, _, n_pseudo = n_logits.float().split(batch)
-        att_normal, att_augmented, att_pseudo = scda_attention(
-            features.float(), cfg.loss.attention_scale).split(batch)
-        terms_n = losses.normalcy_objective(n_normal, n_pseudo, att_normal, att_augmented,
-                                            att_pseudo, syn.mask, state.arcface, cfg.loss)
-        _update(state, state.opt_n, terms_n["l_n_total"], "n")
-        n_normal_mean, n_pseudo_mean = n_normal.detach().mean(), n_pseudo.detach().mean()
-
-    # G: eq. (1) with the just-updated D and N; their weights frozen, their DDP wrappers bypassed
-    # (only G's gradients need syncing).
-    D, N = unwrap(state.D), unwrap(state.N)
-    with frozen(D, N), torch.autocast(**amp):
-        d_pred = D(pred)
-        n_pred = N(pred) if use_n else None
-    terms_g = losses.generator_objective(pred, target, out.memory_weights, d_pred, n_pred, cfg.loss)
-    _update(state, state.opt_g, terms_g["l_g"], "g_backward")
+    terms_d = _update_d(state, target, fake, amp)
+    terms_n = _update_n(state, clips, donors, fake, amp, generator)
+    terms_g = _update_g(state, out, target, amp)
     state.scaler.update()
     state.step += 1
 
-    terms = {**terms_g, "l_d": l_d, **terms_n, "d_real": d_real.detach().mean(),
-             "d_fake": d_fake.detach().mean(), "n_normal": n_normal_mean, "n_pseudo": n_pseudo_mean,
-             "mask_area": mask_area}
-    return StepLosses({k: v.detach() for k, v in terms.items()})
+    return StepLosses({k: v.detach() for k, v in {**terms_g, **terms_d, **terms_n}.items()})
+
+
+def _update_d(state: TrainState, target: Tensor, fake: Tensor, amp: dict) -> dict[str, Tensor]:
+    """L_D: real v_{T+1} against the detached v^, in one forward (one DDP call, shared BN batch)."""
+    with torch.autocast(**amp):
+        d_logits = state.D(torch.cat([target, fake]))
+    d_real, d_fake = d_logits.float().split(target.shape[0])
+    l_d = losses.discriminator_loss(d_real, d_fake)
+    _update(state, state.opt_d, l_d, "d")
+    return {"l_d": l_d, "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+
+
+def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, amp: dict,
+              generator: torch.Generator | None) -> dict[str, Tensor]:
+    """Eq. (6) for N and ArcFace on v^ (normal), g(v^) (augmented normal) and v~ (pseudo-anomaly),
+    one forward; every term reads 0 when ``loss.alpha_N == 0`` switches N off."""
+    cfg, batch = state.cfg, clips.shape[0]
+    if cfg.loss.alpha_N <= 0:
+        zero = clips.new_zeros((), dtype=torch.float32)
+        return dict.fromkeys(("l_n", "l_rn", "l_aa", "l_raa", "l_n_total", "n_normal", "n_pseudo",
+                              "mask_area"), zero)
+    with torch.no_grad():
+        syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
+                         generator=generator, T=cfg.model.T, spread=cfg.model.mask_spread)
+        state.section("o")
+        augmented = state.augment((fake + 1) / 2) * 2 - 1
+        state.section("augment")
+    with torch.autocast(**amp):
+        n_logits, features = state.N(torch.cat([fake, augmented, syn.frames.float()]),
+                                     return_features=True)
+    n_normal, _, n_pseudo = n_logits.float().split(batch)
+    att_normal, att_augmented, att_pseudo = scda_attention(
+        features.float(), cfg.loss.attention_scale).split(batch)
+    terms = losses.normalcy_objective(n_normal, n_pseudo, att_normal, att_augmented, att_pseudo,
+                                      syn.mask, state.arcface, cfg.loss)
+    _update(state, state.opt_n, terms["l_n_total"], "n")
+    return {**terms, "n_normal": n_normal.detach().mean(), "n_pseudo": n_pseudo.detach().mean(),
+            "mask_area": syn.object_mask.mean()}
+
+
+def _update_g(state: TrainState, out, target: Tensor, amp: dict) -> dict[str, Tensor]:
+    """Eq. (1) with the just-updated D and N; their weights frozen, their DDP wrappers bypassed
+    (only G's gradients need syncing)."""
+    D, N = unwrap(state.D), unwrap(state.N)
+    pred = out.prediction
+    with frozen(D, N), torch.autocast(**amp):
+        d_pred = D(pred)
+        n_pred = N(pred) if state.cfg.loss.alpha_N > 0 else None
+    terms = losses.generator_objective(pred, target, out.memory_weights, d_pred, n_pred,
+                                       state.cfg.loss)
+    _update(state, state.opt_g, terms["l_g"], "g_backward")
+    return terms

@@ -184,42 +184,42 @@ def paste(targets: Tensor, donors: Tensor, masks: Tensor, boxes: Tensor) -> tupl
     return frames, pasted[:, None].to(targets.dtype)
 
 
-def input_frame_count(clips: Tensor, frames: int | None) -> int:
+def input_frame_count(clips: Tensor, T: int | None) -> int:
     """T: the number of input frames v_1..v_T in ``clips`` that O may paste on."""
     if clips.dim() != 5 or clips.shape[2] != 3:
         raise ValueError(f"clips of shape {tuple(clips.shape)}: expected (B, T+1, 3, H, W)")
-    count = frames if frames is not None else max(clips.shape[1] - 1, 1)
+    count = T if T is not None else max(clips.shape[1] - 1, 1)
     if not 1 <= count <= clips.shape[1]:
-        raise ValueError(f"frames={frames}: expected 1..{clips.shape[1]} for clips of length "
+        raise ValueError(f"T={T}: expected 1..{clips.shape[1]} for clips of length "
                          f"{clips.shape[1]}")
     return count
 
 
-def draw(batch: int, frames: int, height: int, width: int, generator: torch.Generator | None,
+def draw(batch: int, T: int, height: int, width: int, generator: torch.Generator | None,
          device) -> tuple[Tensor, Tensor]:
     """O's random draws, in this order: the input frame t of each sample, then its box."""
     draw_device = generator.device if generator is not None else torch.device("cpu")
-    frame_index = torch.randint(0, frames, (batch,), generator=generator, device=draw_device)
+    frame_index = torch.randint(0, T, (batch,), generator=generator, device=draw_device)
     boxes = random_boxes(batch, height, width, generator)
     return frame_index.to(device), boxes.to(device)
 
 
 def synthesize(clips: Tensor, donors: Tensor, R, threshold: float = 0.1,
-               generator: torch.Generator | None = None, frames: int | None = None,
+               generator: torch.Generator | None = None, T: int | None = None,
                spread: float = SPREAD) -> Synthesis:
     """O: paste one donor object onto one input frame per clip.
 
     Args:
         clips: (B, T+1, 3, H, W) training clips in [-1, 1]; the last frame is G's target and is
-            never pasted on. For a (B, T, 3, H, W) tensor of inputs only, pass ``frames=T``.
+            never pasted on. For a (B, T, 3, H, W) tensor of inputs only, pass ``T``.
         donors: (B, 3, Hd, Wd) donor frames in [-1, 1].
         R: the frozen backbone (see :func:`zxvad.models.build_backbone`).
         threshold: varsigma, the floor of the attention threshold.
         generator: random source of the frame choice and the boxes (on any device).
-        frames: T; default ``clips.shape[1] - 1``.
+        T: G's input frames, the ones O may paste on; default ``clips.shape[1] - 1``.
         spread: k of the cut max(varsigma, mean(A) + k std(A)) (see :func:`masks_from_features`).
     """
-    count = input_frame_count(clips, frames)
+    count = input_frame_count(clips, T)
     batch, _, _, height, width = clips.shape
     frame_index, boxes = draw(batch, count, height, width, generator, clips.device)
     object_mask = object_masks(R, donors, threshold, spread)

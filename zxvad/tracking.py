@@ -255,7 +255,7 @@ class RunLogger:
 
         G = PredictionOnly(G)  # one output tensor, so pyfunc and `mlflow models serve` work
         m = cfg.model
-        example = torch.zeros(1, m.frames, 3, m.image_size, m.image_size)
+        example = torch.zeros(1, m.T, 3, m.image_size, m.image_size)
         was_training = G.training
         G.eval()
         with torch.no_grad():

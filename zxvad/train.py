@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,9 @@ from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
 from zxvad.tracking import redact
 
+if TYPE_CHECKING:
+    from zxvad.data import ShardInfo
+
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
                  "ZXVAD_REAL_CLIPS")
@@ -37,20 +41,23 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW
 
 @dataclass
 class Inputs:
-    """Shard lists resolved on the driver, before any cluster work."""
+    """The shards a run reads, resolved and checked once on the driver, before any cluster work;
+    the workers' loaders take them as they are (``zxvad.data.checked_shards``)."""
 
-    train: list[str]
-    donors: list[str]
-    targets: dict[str, list[str]]
+    train: list[ShardInfo]
+    donors: list[ShardInfo]
+    targets: dict[str, list[ShardInfo]]
 
 
 def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
-    """Every shard set of the config resolved (fraction applied) and checked against its manifest
-    (sizes and index offsets; every sha256 too with ``verify_hash``); one clear error otherwise."""
-    from zxvad.data import verify_shard_set
+    """Every shard set of the config resolved (fraction applied), checked against its manifest
+    (sizes and index offsets; every sha256 too with ``verify_hash``) and checked for the loaders
+    (indexes, clip metadata, a codec the workers' decoder reads); one clear error otherwise."""
+    from zxvad.data import check_shards, verify_shard_set
 
-    def resolve(spec: str, fraction: float = 1.0) -> list[str]:
-        return verify_shard_set(spec, fraction, full_hash=verify_hash)
+    def resolve(spec: str, fraction: float = 1.0) -> list[ShardInfo]:
+        paths = verify_shard_set(spec, fraction, full_hash=verify_hash)
+        return check_shards(paths, gpu=cfg.train.use_gpu)
 
     if not cfg.data.train_shards:
         raise ValueError("config key 'data.train_shards' is empty: name G's training shards "
@@ -84,7 +91,8 @@ def default_run_name(cfg: Config) -> str:
     """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    flat = {k: v for k, v in cfg.flat().items() if k != "train.steps"}
+    old_name = {new: old for old, new in config_lib.RENAMED_KEYS.items()}  # runs started before resume
+    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k != "train.steps"}
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     return f"{cfg.tracking.experiment}-{digest}"
 
@@ -131,7 +139,10 @@ def check_storage(cfg: Config) -> None:
 
 @dataclass
 class TrainJob:
-    """What every worker gets: the validated config, its resolved shards and its MLflow run."""
+    """What every worker gets: the validated config, its resolved shards and its MLflow run.
+
+    Workers read their data from ``inputs`` only; ``cfg.data.*_shards`` stay in the config as
+    the record a checkpoint's config.yaml keeps (so it can start a run again)."""
 
     cfg: Config
     inputs: Inputs
@@ -180,13 +191,13 @@ def _loaders(job: TrainJob, step: int, rank: int, world: int, device: torch.devi
     from zxvad.data import ClipLoader, DonorLoader
 
     cfg = job.cfg
-    T, size = cfg.model.frames, (cfg.model.image_size, cfg.model.image_size)
+    size = (cfg.model.image_size, cfg.model.image_size)
     common = dict(batch_size=cfg.train.batch_size, size=size, shard_id=rank, num_shards=world,
                   device=device, threads=cfg.data.loader_threads,
                   shuffle_buffer=cfg.data.shuffle_buffer)
     # A resumed run reshuffles with a new seed so it does not replay the same clips.
     seed = cfg.data.seed + 7919 * step
-    clips = ClipLoader(job.inputs.train, frames=T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
+    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
     donors = DonorLoader(job.inputs.donors, seed=seed + 1, **common)
     return iter(clips), iter(donors)
 
@@ -195,13 +206,13 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
     """Zero-shot AUC on every target, the report in ``folder/eval``; ``(results, figures, files)``."""
     from zxvad import evaluate as ev
 
-    results = ev.evaluate_targets(state.G, targets, frames=cfg.model.frames,
+    results = ev.evaluate_targets(state.G, targets, T=cfg.model.T,
                                   size=cfg.model.image_size, device=device,
                                   batch_size=cfg.eval.batch_size,
                                   top_frames=cfg.eval.top_frames, progress=False,
                                   patch_size=cfg.eval.patch_size)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
-    files = ev.write_report(results, folder / "eval", frames=cfg.model.frames,
+    files = ev.write_report(results, folder / "eval", T=cfg.model.T,
                             figures=figures, plots=cfg.eval.plots and last)
     print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
     return results, figures, files

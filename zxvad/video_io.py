@@ -8,7 +8,6 @@ size (``uint8`` RGB) and, when asked, a display copy at the source's aspect rati
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from shards.storage import partial_path
+from shards.storage import StagedFile
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt", "rtp")  # never end
@@ -185,16 +184,16 @@ class VideoSource:
 class VideoWriter:
     """Write RGB frames to an H.264 video (MPEG-4 Part 2 where this FFmpeg lacks libx264).
 
-    Frames go to a hidden ``.partial`` file that is renamed into place by :meth:`finish`;
+    Frames go to a hidden ``.partial`` file (a :class:`StagedFile`) renamed into place by :meth:`finish`;
     :meth:`abort` deletes it, so no half-written video is ever left behind.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float):
         import av
 
-        self.path = Path(path)
-        self._tmp = partial_path(self.path)
-        self._container = av.open(str(self._tmp), "w")
+        self._file = StagedFile(path)
+        self.path = self._file.path
+        self._container = av.open(str(self._file.tmp), "w")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         rate = Fraction(fps).limit_denominator(1001) if math.isfinite(fps) and fps > 0 else Fraction(25)
         self._stream = self._container.add_stream(codec, rate=rate)
@@ -212,15 +211,14 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._file.commit()
 
     def abort(self) -> None:
         try:
             self._container.close()
         except Exception:  # already broken; the file goes anyway
             pass
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()
 
 
 def _safe_name(source: str) -> str:

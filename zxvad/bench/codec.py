@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help=f"comma-separated codec:quality (default {','.join(SETTINGS)})")
     parser.add_argument("--clip-len", type=int, default=16, help="frames per clip (default 16)")
-    parser.add_argument("--frames", type=int, default=4, help="T, the predictors' input frames (default 4)")
+    parser.add_argument("--T", type=int, default=4, help="T, the predictors' input frames (default 4)")
     parser.add_argument("--workers", type=int, default=1, help="encoding processes (default 1)")
 
 
@@ -96,7 +96,7 @@ def decoded_frames(shards: list[str], size: tuple[int, int]) -> tuple[dict, floa
     return videos, decoded / (time.perf_counter() - began)
 
 
-def predictor_aucs(frames: dict, labels: dict, T: int) -> dict[str, float]:
+def predictor_aucs(videos: dict, labels: dict, T: int) -> dict[str, float]:
     """Frame AUC of each trivial predictor over all videos (``zxvad.scoring``'s protocol)."""
     import torch
 
@@ -105,7 +105,7 @@ def predictor_aucs(frames: dict, labels: dict, T: int) -> dict[str, float]:
     from zxvad.data.windows import prediction_windows
 
     psnrs: dict[str, list] = {name: [] for name in PREDICTORS}
-    for video_id, x in frames.items():
+    for video_id, x in videos.items():
         y = torch.as_tensor(labels[video_id], dtype=torch.uint8)
         windows, _, _ = prediction_windows(EvalClip(video_id, 0, x, y, len(x), True), T)
         predictions = scoring.baseline_predictions(windows[:, :T])
@@ -134,7 +134,7 @@ def measure_setting(root: Path, dataset: str, codec: str, quality: str, args, re
     from zxvad.data import resolve_shards
 
     out = work / f"{codec}-{quality}"
-    manifest = build(dataset, root, out, split="test", clip_len=args.clip_len, overlap=args.frames,
+    manifest = build(dataset, root, out, split="test", clip_len=args.clip_len, overlap=args.T,
                      size=args.size, codec=codec, quality=quality, fidelity_sample=0.0,
                      workers=args.workers, progress=False)
     shards = resolve_shards(str(out))
@@ -149,7 +149,7 @@ def measure_setting(root: Path, dataset: str, codec: str, quality: str, args, re
            "decode_fps": round(decode_fps, 1), "psnr_to_source_db": report["psnr_db_mean"],
            "consecutive_psnr_change_db": report["consecutive_psnr_change_db_mean"]}
     if labels is not None:
-        row.update({f"auc_{k}": round(100 * v, 2) for k, v in predictor_aucs(decoded, labels, args.frames).items()})
+        row.update({f"auc_{k}": round(100 * v, 2) for k, v in predictor_aucs(decoded, labels, args.T).items()})
     return row
 
 
@@ -178,8 +178,8 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)  # small tensors; a shared CPU is faster on one thread
     args.size = parse_size(args.size)
     settings = _parse_settings(args.settings)
-    if args.frames < 1 or args.clip_len <= args.frames:
-        raise ValueError(f"--frames {args.frames}, --clip-len {args.clip_len}: expected 1 <= frames < clip-len")
+    if args.T < 1 or args.clip_len <= args.T:
+        raise ValueError(f"--T {args.T}, --clip-len {args.clip_len}: expected 1 <= T < clip-len")
     root = Path(args.root)
     dataset = _dataset(root, args.dataset)
     videos = readers.list_videos(dataset, root, "test")
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
                 references[codec] = reference_frames(videos, args.size, codec)
                 if labelled:
                     floats = {k: _as_float(v) for k, v in references[codec].items()}
-                    source[codec] = {k: round(100 * v, 2) for k, v in predictor_aucs(floats, labels, args.frames).items()}
+                    source[codec] = {k: round(100 * v, 2) for k, v in predictor_aucs(floats, labels, args.T).items()}
             rows.append(measure_setting(root, dataset, codec, quality, args, references[codec], labels, Path(tmp)))
     print(f"{dataset} {root}: {len(videos)} videos at {args.size[0]}x{args.size[1]}, "
           f"{'labelled' if labelled else 'no labels (no AUC)'}; source = encoder input in DALI's RGB")

@@ -240,7 +240,7 @@ class Checks:
         state = clips = donors = None
         try:
             state = build_state(self.cfg(f"train.batch_size={batch}"), self.device)
-            clips, donors = self.bench.synthetic_batch(batch, state.cfg.model.frames,
+            clips, donors = self.bench.synthetic_batch(batch, state.cfg.model.T,
                                                   state.cfg.model.image_size, self.device, 0)
             dict(train_step(state, clips, donors))
             return True
@@ -270,7 +270,7 @@ class Checks:
             generator = torch.Generator(device=self.device).manual_seed(0)
             terms = {k: [] for k in LOSS_TERMS}
             for step in range(self.plan["agreement_steps"]):
-                clips, donors = self.bench.synthetic_batch(self.plan["batch"], state.cfg.model.frames,
+                clips, donors = self.bench.synthetic_batch(self.plan["batch"], state.cfg.model.T,
                                                       state.cfg.model.image_size, self.device, step)
                 torch.manual_seed(1000 + step)  # g's draws are the same in both runs
                 out = train_step(state, clips, donors, generator=generator)
@@ -292,7 +292,7 @@ class Checks:
         c = self.cfg()
         out = {}
         for batch in (self.plan["batch"], 4 * self.plan["batch"]):
-            clips, donors = self.bench.synthetic_batch(batch, c.model.frames, c.model.image_size,
+            clips, donors = self.bench.synthetic_batch(batch, c.model.T, c.model.image_size,
                                                   self.device, 1)
             R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size,
                                c.model.backbone_layer)
@@ -327,7 +327,7 @@ class Checks:
         out = {"energy_source": energy.source if energy else None}
         for amp in (True, False):
             for batch in self.plan["infer_batches"]:
-                x = torch.rand(batch, c.model.frames, 3, c.model.image_size, c.model.image_size,
+                x = torch.rand(batch, c.model.T, 3, c.model.image_size, c.model.image_size,
                                device=self.device) * 2 - 1
                 ctx = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp and self.gpu)
                 with torch.no_grad(), ctx:

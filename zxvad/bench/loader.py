@@ -34,7 +34,7 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="shard folder, s3://prefix or manifest.json")
     parser.add_argument("--size", type=_size, default=(64, 64), help="output HxW (default 64x64)")
-    parser.add_argument("--frames", type=int, default=5, help="T+1 frames per clip (default 5)")
+    parser.add_argument("--clip-len", type=int, default=5, help="T+1 frames per clip (default 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per batch (default 8)")
     parser.add_argument("--workers", type=int, default=2,
                         help="DALI threads and DataLoader worker processes (default 2)")
@@ -57,7 +57,7 @@ def _time(loader, batches: int, warmup: int, what: str) -> float:
     return clips / (time.perf_counter() - start)
 
 
-def _baseline_dataset(shards, frames: int, size, seed: int):
+def _baseline_dataset(shards, clip_len: int, size, seed: int):
     """A torch IterableDataset: tar -> PyAV decode -> random T+1 window -> resize -> [-1, 1]."""
     import av
     import numpy as np
@@ -85,8 +85,8 @@ def _baseline_dataset(shards, frames: int, size, seed: int):
         def clip(self, data: bytes, rng: random.Random) -> torch.Tensor:
             with av.open(io.BytesIO(data)) as container:
                 video = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-            start = rng.randrange(len(video) - frames + 1)
-            x = torch.from_numpy(video[start:start + frames]).permute(0, 3, 1, 2).float()
+            start = rng.randrange(len(video) - clip_len + 1)
+            x = torch.from_numpy(video[start:start + clip_len]).permute(0, 3, 1, 2).float()
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
             return x / 127.5 - 1
 
@@ -99,20 +99,20 @@ def run(args: argparse.Namespace) -> dict:
 
     from zxvad.data import ClipLoader, resolve_shards
 
-    if args.frames < 1 or args.batch_size < 1 or args.workers < 1 or args.batches < 1:
-        raise ValueError("--frames, --batch-size, --workers and --batches must be >= 1")
+    if args.clip_len < 1 or args.batch_size < 1 or args.workers < 1 or args.batches < 1:
+        raise ValueError("--clip-len, --batch-size, --workers and --batches must be >= 1")
     torch.set_num_threads(1)  # the baseline's resize must not borrow cores from its workers
     shards = resolve_shards(args.shards, args.fraction)
-    dali = ClipLoader(shards, batch_size=args.batch_size, frames=args.frames, size=args.size,
+    dali = ClipLoader(shards, batch_size=args.batch_size, clip_len=args.clip_len, size=args.size,
                       device=args.device, threads=args.workers, shuffle_buffer=64)
-    print(f"{len(shards)} shards, {dali.part_size} clips; batch {args.batch_size} x {args.frames} frames "
+    print(f"{len(shards)} shards, {dali.part_size} clips; batch {args.batch_size} x {args.clip_len} frames "
           f"at {args.size[0]}x{args.size[1]}, {args.workers} workers, decoder {dali.decoder}, stored {dali.quality}",
           file=sys.stderr)
     dali_rate = _time(dali, args.batches, args.warmup, "DALI")
     dali_rss = peak_rss_mb()
     del dali
 
-    baseline = DataLoader(_baseline_dataset(shards, args.frames, args.size, seed=0),
+    baseline = DataLoader(_baseline_dataset(shards, args.clip_len, args.size, seed=0),
                           batch_size=args.batch_size, num_workers=args.workers, prefetch_factor=2,
                           persistent_workers=False)
     baseline_rate = _time(baseline, args.batches, args.warmup, "PyAV DataLoader")

@@ -1,7 +1,7 @@
 """How well O's object masks M cover objects: against the moving regions of a fixed-camera clip.
 
     python -m zxvad.bench masks [--video ../shared/data/real-clips/street_pedestrians_vtest.avi]
-        [--size 64] [--frames 16] [--backbone resnet50] [--threads 1]
+        [--size 64] [--num-frames 16] [--backbone resnet50] [--threads 1]
 
 The camera of street_pedestrians_vtest.avi never moves, so the median of many frames is the
 empty street and |frame - median| marks the pedestrians: the objects O should cut out. For each
@@ -24,7 +24,7 @@ CUTS = ("paper", "mean", "mean+0.5std", "mean+1std", "mean+1.5std")
 def add_arguments(parser) -> None:
     parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="a fixed-camera video")
     parser.add_argument("--size", type=int, default=64, help="training frame side (default 64)")
-    parser.add_argument("--frames", type=int, default=16, help="frames scored (default 16)")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames scored (default 16)")
     parser.add_argument("--read", type=int, default=400, help="frames read for the median (400)")
     parser.add_argument("--backbone", default="resnet50", help="R (default resnet50)")
     parser.add_argument("--backbone-sizes", default="64,128,256", help="R input sizes to try")
@@ -97,8 +97,8 @@ def run(args) -> dict:
         torch.set_num_threads(args.threads)
     frames = read_frames(args.video, args.read, args.size)
     moving = moving_masks(frames, args.motion_threshold)
-    stride = max(len(frames) // args.frames, 1)
-    pick = torch.arange(0, len(frames), stride)[:args.frames]
+    stride = max(len(frames) // args.num_frames, 1)
+    pick = torch.arange(0, len(frames), stride)[:args.num_frames]
     frames, moving = frames[pick], moving[pick]
     moving_fraction = moving.float().mean().item()
     rows = []

@@ -38,7 +38,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = config.load(args.config, args.overrides)
-    S, T, B = cfg.model.image_size, cfg.model.frames, cfg.train.batch_size
+    S, T, B = cfg.model.image_size, cfg.model.T, cfg.train.batch_size
     folder = Path(args.clips)
     video = read_frames(str(folder / "street_pedestrians_vtest.avi"), 300, S) * 2 - 1
     donor_pool = torch.cat([read_frames(str(p), 40, S)[::8] for p in sorted(folder.iterdir())
@@ -64,7 +64,7 @@ def run(args) -> dict:
         from zxvad.synthesis import synthesize
 
         syn = synthesize(clips, donor_pool[:B], state.R, cfg.model.mask_threshold, generator=g,
-                         frames=T, spread=cfg.model.mask_spread)
+                         T=T, spread=cfg.model.mask_spread)
         augmented = state.augment((pred + 1) / 2) * 2 - 1
         n_mixed = state.N(torch.cat([pred, augmented, syn.frames]))[:B].mean().item()
         n_alone = state.N(pred).mean().item()

@@ -30,14 +30,14 @@ def run(args) -> dict:
     m = cfg.model
     G = build_generator(m)
     params = count_parameters(G)
-    gmacs = generator_gmacs(G, m.image_size, m.frames)
+    gmacs = generator_gmacs(G, m.image_size, m.T)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "G.pt")
         torch.save(G.state_dict(), path)
         mb = os.path.getsize(path) / 1e6
-    print(f"G at {m.image_size}x{m.image_size}, T={m.frames}, width={m.width}, "
+    print(f"G at {m.image_size}x{m.image_size}, T={m.T}, width={m.width}, "
           f"memory {m.memory_items}x{m.memory_dim} (config {args.config})")
-    paper_size = (m.image_size, m.frames, m.width, m.memory_items) == (256, 4, 64, 2000)
+    paper_size = (m.image_size, m.T, m.width, m.memory_items) == (256, 4, 64, 2000)
     figures = {"params": params, "gmacs": round(gmacs, 3), "mb": round(mb, 3)}
     for key, label in [("params", "parameters"), ("gmacs", "GMACs (one sample)"),
                        ("mb", "checkpoint MB")]:

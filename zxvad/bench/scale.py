@@ -367,7 +367,7 @@ def _rank_epoch(spec: str, rank: int, world: int, batches: int, size: int) -> di
     from zxvad.data.shardset import check_shards
 
     shards = resolve_shards(spec)
-    loader = ClipLoader(shards, batch_size=8, frames=5, size=(size, size), shard_id=rank, num_shards=world,
+    loader = ClipLoader(shards, batch_size=8, clip_len=5, size=(size, size), shard_id=rank, num_shards=world,
                         threads=1)
     it = iter(loader)
     next(it)  # the pipeline's start-up is not throughput

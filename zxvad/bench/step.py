@@ -92,14 +92,14 @@ class SectionTimer:
         return totals
 
 
-def synthetic_batch(batch: int, frames: int, size: int, device, seed: int):
+def synthetic_batch(batch: int, T: int, size: int, device, seed: int):
     """Clips (B, T+1, 3, S, S) and donors (B, 3, S, S) in [-1, 1]: smooth blobs and a square."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
-    clips = F.interpolate(torch.rand(batch * (frames + 1), 3, 8, 8, generator=g), size=(size, size),
-                          mode="bilinear", align_corners=False).view(batch, frames + 1, 3, size, size)
+    clips = F.interpolate(torch.rand(batch * (T + 1), 3, 8, 8, generator=g), size=(size, size),
+                          mode="bilinear", align_corners=False).view(batch, T + 1, 3, size, size)
     donors = F.interpolate(torch.rand(batch, 3, 8, 8, generator=g), size=(size, size), mode="bilinear",
                            align_corners=False)
     side = size // 4
@@ -129,7 +129,7 @@ def measure(cfg, device, batch: int, steps: int, warmup: int, repeats: int, seed
     device = torch.device(device)
     torch.manual_seed(seed)
     state = build_state(cfg, device)
-    clips, donors = synthetic_batch(batch, cfg.model.frames, cfg.model.image_size, device, seed)
+    clips, donors = synthetic_batch(batch, cfg.model.T, cfg.model.image_size, device, seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -190,7 +190,7 @@ def run(args) -> dict:
     batch, size = cfg.train.batch_size, cfg.model.image_size
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} threads"
-    print(f"train_step on {where}: batch {batch}, {size}x{size}, T={cfg.model.frames}, "
+    print(f"train_step on {where}: batch {batch}, {size}x{size}, T={cfg.model.T}, "
           f"width {cfg.model.width}, amp {cfg.train.amp}, channels_last {cfg.train.channels_last}, "
           f"compile {cfg.train.compile}; best of {args.repeats} x {args.steps} steps "
           f"after {args.warmup} warm-up", file=sys.stderr)

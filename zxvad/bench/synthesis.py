@@ -14,7 +14,7 @@ from __future__ import annotations
 def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=32, help="clips per batch (default 32)")
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
-    parser.add_argument("--frames", type=int, default=4, help="T input frames per clip (default 4)")
+    parser.add_argument("--T", type=int, default=4, help="T input frames per clip (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (default 3)")
     parser.add_argument("--backbone", default="resnet50", help="R (default resnet50)")
     parser.add_argument("--threads", type=int, default=0,
@@ -57,19 +57,19 @@ def run(args) -> dict:
     from zxvad.bench import synthesis_reference as ref
     from zxvad.models import build_backbone
 
-    for name in ("batch", "size", "frames", "repeats"):
+    for name in ("batch", "size", "T", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} {getattr(args, name)}: must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
     B, S = args.batch, args.size
-    clips = torch.rand(B, args.frames + 1, 3, S, S, generator=g) * 2 - 1
+    clips = torch.rand(B, args.T + 1, 3, S, S, generator=g) * 2 - 1
     donors = _donors(B, S, g)
     R = build_backbone(args.backbone)
     features = R(donors)
     draws = torch.Generator().manual_seed(args.seed)
-    frame_index, boxes = O.draw(B, args.frames, S, S, draws, "cpu")
+    frame_index, boxes = O.draw(B, args.T, S, S, draws, "cpu")
     targets = clips[torch.arange(B), frame_index]
 
     def batched_paste():
@@ -87,7 +87,7 @@ def run(args) -> dict:
         draws = torch.Generator().manual_seed(args.seed)
         return ref.synthesize_reference(clips, donors, R, generator=draws)
 
-    print(f"O on the CPU ({torch.get_num_threads()} threads): batch {B}, {S}x{S}, T={args.frames}, "
+    print(f"O on the CPU ({torch.get_num_threads()} threads): batch {B}, {S}x{S}, T={args.T}, "
           f"R={args.backbone} ({tuple(features.shape[1:])} features), median of {args.repeats}")
     figures = {}
     progress = tqdm(total=4 * args.repeats, desc="timing", unit="run")

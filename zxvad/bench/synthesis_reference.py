@@ -59,9 +59,9 @@ def paste_reference(target: Tensor, donor: Tensor, mask: Tensor, box) -> tuple[T
 
 def synthesize_reference(clips: Tensor, donors: Tensor, R, threshold: float = 0.1,
                          generator: torch.Generator | None = None,
-                         frames: int | None = None) -> Synthesis:
+                         T: int | None = None) -> Synthesis:
     """:func:`synthesize` as a per-sample loop (R, mask and paste one sample at a time)."""
-    count = input_frame_count(clips, frames)
+    count = input_frame_count(clips, T)
     batch, _, _, height, width = clips.shape
     frame_index, boxes = draw(batch, count, height, width, generator, clips.device)
     object_mask = torch.stack([object_mask_reference(R, donor, threshold) for donor in donors])

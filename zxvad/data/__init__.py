@@ -1,7 +1,7 @@
 """Shards to torch batches: DALI loaders for training clips, donor frames and ordered evaluation.
 
     shards = resolve_shards("out/shards/train", fraction=0.25)
-    clips = ClipLoader(shards, batch_size=8, frames=5, size=(256, 256), shard_id=rank, num_shards=world)
+    clips = ClipLoader(shards, batch_size=8, clip_len=5, size=(256, 256), shard_id=rank, num_shards=world)
     donors = DonorLoader(resolve_shards("out/shards/ti"), batch_size=8, size=(256, 256))
     for x, o in zip(clips, donors): ...        # (B, T+1, 3, H, W), (B, 3, H, W), both in [-1, 1]
 
@@ -9,7 +9,7 @@
         for x, frame_index, label in windows: ...
 """
 
-from zxvad.data.shardset import ShardError, check_shards, is_lossless, resolve_shards, shard_set_quality, \
+from zxvad.data.shardset import ShardError, ShardInfo, check_shards, checked_shards, is_lossless, resolve_shards, shard_set_quality, \
     verify_shard_set
 from zxvad.data.windows import iterate_videos, prediction_windows
 
@@ -23,5 +23,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'zxvad.data' has no attribute {name!r}")
 
 
-__all__ = ["ShardError", "resolve_shards", "verify_shard_set", "check_shards", "shard_set_quality", "is_lossless", "ClipLoader", "DonorLoader", "EvalLoader",
+__all__ = ["ShardError", "ShardInfo", "resolve_shards", "verify_shard_set", "check_shards", "checked_shards", "shard_set_quality", "is_lossless", "ClipLoader", "DonorLoader", "EvalLoader",
            "EvalClip", "prediction_windows", "iterate_videos"]

@@ -22,7 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy, feed_ndarray
 
 from shards.format import META_EXT, VIDEO_EXT, ClipMeta
-from zxvad.data.shardset import ShardError, ShardInfo, check_shards, is_s3, stored_quality
+from zxvad.data.shardset import ShardError, ShardInfo, checked_shards, is_s3, stored_quality
 
 READER = "reader"  # the reader's name, through which iterators learn the epoch size
 
@@ -134,7 +134,7 @@ class _RandomLoader:
         if batch_size < 1:
             raise ShardError(f"batch_size {batch_size}: expected >= 1")
         self.device, device_id = _device(device)
-        self.infos = check_shards(list(shards), gpu=device_id is not None)
+        self.infos = checked_shards(shards, gpu=device_id is not None)
         self.quality = stored_quality(self.infos)  # e.g. "vp9 high"; printed by the commands
         self.batch_size = batch_size
         self.decoder = "mixed" if device_id is not None else "cpu"  # NVDEC on a GPU
@@ -164,9 +164,10 @@ class ClipLoader(_RandomLoader):
     """Training clips ``(B, T+1, 3, H, W)`` in [-1, 1] on ``device``, iterable forever.
 
     Args:
-        shards: tar paths or s3:// URLs (``resolve_shards``).
+        shards: tar paths or s3:// URLs (``resolve_shards``), checked here, or the ``ShardInfo`` s
+            of shards checked before (``check_shards``), taken as they are.
         batch_size: clips per batch (per rank).
-        frames: T+1, consecutive frames per clip.
+        clip_len: T+1, the consecutive frames of each returned clip.
         size: (H, W) of the output frames.
         stride: temporal stride between the frames.
         shard_id, num_shards: this rank's part of the set (disjoint parts, equal step counts).
@@ -176,30 +177,30 @@ class ClipLoader(_RandomLoader):
         shuffle_buffer: samples in the reader's shuffle buffer.
     """
 
-    def __init__(self, shards: list[str], *, batch_size: int, frames: int, size: tuple[int, int],
+    def __init__(self, shards: list[str] | list[ShardInfo], *, batch_size: int, clip_len: int, size: tuple[int, int],
                  stride: int = 1, shard_id: int = 0, num_shards: int = 1, seed: int = 0,
                  device: str | torch.device = "cpu", threads: int = 2, shuffle_buffer: int = 256):
-        if frames < 1 or stride < 1:
-            raise ShardError(f"frames {frames}, stride {stride}: expected both >= 1")
-        super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=frames, stride=stride),
+        if clip_len < 1 or stride < 1:
+            raise ShardError(f"clip_len {clip_len}, stride {stride}: expected both >= 1")
+        super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=clip_len, stride=stride),
                          batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                          device=device, threads=threads, shuffle_buffer=shuffle_buffer)
-        span = (frames - 1) * stride + 1
+        span = (clip_len - 1) * stride + 1
         for info in self.infos:
             if info.first.num_frames < span:
                 raise ShardError(f"shard {info.path}: clips hold {info.first.num_frames} frames, fewer "
-                                 f"than the {span} that {frames} frames at stride {stride} span; re-shard "
+                                 f"than the {span} that {clip_len} frames at stride {stride} span; re-shard "
                                  "with a larger --clip-len")
 
 
 class DonorLoader(_RandomLoader):
     """Single donor frames ``(B, 3, H, W)`` in [-1, 1] for O, iterable forever.
 
-    Takes the arguments of :class:`ClipLoader` without ``frames`` and ``stride``; the donor set may
+    Takes the arguments of :class:`ClipLoader` without ``clip_len`` and ``stride``; the donor set may
     be the training set (VAD only, TI only) or another one (VAD+TI).
     """
 
-    def __init__(self, shards: list[str], *, batch_size: int, size: tuple[int, int], shard_id: int = 0,
+    def __init__(self, shards: list[str] | list[ShardInfo], *, batch_size: int, size: tuple[int, int], shard_id: int = 0,
                  num_shards: int = 1, seed: int = 0, device: str | torch.device = "cpu",
                  threads: int = 2, shuffle_buffer: int = 256):
         super().__init__(shards, donor_pipeline, dict(size=tuple(size)), batch_size=batch_size,
@@ -237,7 +238,7 @@ class EvalLoader:
     ranks, so gather per-video results before normalising scores.
 
     Args:
-        shards: test shard paths (``resolve_shards``), in manifest order.
+        shards: test shard paths (``resolve_shards``) or checked ``ShardInfo`` s, in manifest order.
         size: (H, W) of the output frames.
         device: "cpu" or a CUDA device ("mixed" decoding).
         threads: DALI worker threads.
@@ -245,11 +246,11 @@ class EvalLoader:
         batch_size: clips decoded per pipeline run (a throughput knob; clips come one by one).
     """
 
-    def __init__(self, shards: list[str], *, size: tuple[int, int], device: str | torch.device = "cpu",
+    def __init__(self, shards: list[str] | list[ShardInfo], *, size: tuple[int, int], device: str | torch.device = "cpu",
                  threads: int = 2, shard_id: int = 0, num_shards: int = 1, batch_size: int = 4):
         _check_rank(shard_id, num_shards)
         self.device, self.device_id = _device(device)
-        self.infos = check_shards(list(shards), gpu=self.device_id is not None)
+        self.infos = checked_shards(shards, gpu=self.device_id is not None)
         self.quality = stored_quality(self.infos)  # e.g. "vp9 lossless"; lossy test sets blur scores
         self.size, self.threads, self.batch_size = tuple(size), threads, batch_size
         self.shard_id, self.num_shards = shard_id, num_shards

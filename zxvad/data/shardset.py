@@ -290,3 +290,11 @@ def check_shards(shards: list[str], *, gpu: bool) -> list[ShardInfo]:
                              "(VP8/VP9/MJPEG only); re-shard with `--codec vp9` or run on a GPU")
         infos.append(ShardInfo(path, index_path, len(samples), first))
     return infos
+
+
+def checked_shards(shards: list[str] | list[ShardInfo], *, gpu: bool) -> list[ShardInfo]:
+    """:func:`check_shards` for paths; ``ShardInfo`` s, checked once already (the training
+    driver does it for every worker), are taken as they are."""
+    if shards and all(isinstance(s, ShardInfo) for s in shards):
+        return list(shards)
+    return check_shards(list(shards), gpu=gpu)

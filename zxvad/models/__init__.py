@@ -38,7 +38,7 @@ def shrink_threshold(cfg) -> float:
 
 def build_generator(cfg) -> Generator:
     """G from a :class:`zxvad.config.ModelConfig`."""
-    return Generator(frames=cfg.frames, width=cfg.width, memory_items=cfg.memory_items,
+    return Generator(T=cfg.T, width=cfg.width, memory_items=cfg.memory_items,
                      memory_dim=cfg.memory_dim, shrink_threshold=shrink_threshold(cfg),
                      temperature=cfg.memory_temperature, shrink=cfg.memory_shrink,
                      query=cfg.memory_query, output=cfg.output)
@@ -58,7 +58,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def generator_gmacs(G: nn.Module, image_size: int, frames: int) -> float:
+def generator_gmacs(G: nn.Module, image_size: int, T: int) -> float:
     """G's multiply-accumulates for one (1, T, 3, S, S) sample, in billions (FLOPs / 2).
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` on a meta-device copy of G, so it
@@ -68,7 +68,7 @@ def generator_gmacs(G: nn.Module, image_size: int, frames: int) -> float:
 
     G = getattr(G, "module", G)  # DistributedDataParallel
     meta = copy.deepcopy(G).to("meta")
-    x = torch.zeros(1, frames, 3, image_size, image_size, device="meta")
+    x = torch.zeros(1, T, 3, image_size, image_size, device="meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         meta(x)

@@ -138,7 +138,7 @@ class Generator(nn.Module):
     """G: T frames (B, T, 3, H, W) in [-1, 1] -> predicted frame T+1 (B, 3, H, W) in [-1, 1].
 
     Args:
-        frames: T, the number of input frames (G's input has 3T channels).
+        T: the number of input frames (G's input has 3T channels).
         width: channels of the first level; the levels are width, 2w, 4w, 8w.
         memory_items: K; 0 builds the plain U-Net of Liu et al. without memory.
         memory_dim: Q; must equal 8 * width, the bottleneck channels.
@@ -151,7 +151,7 @@ class Generator(nn.Module):
             target it must first learn to reach through the U-Net).
     """
 
-    def __init__(self, frames: int = 4, width: int = 64, memory_items: int = 2000,
+    def __init__(self, T: int = 4, width: int = 64, memory_items: int = 2000,
                  memory_dim: int = 512, shrink_threshold: float = 0.0005,
                  temperature: float = 1.0, shrink: str = "continuous", query: str = "raw",
                  output: str = "frame"):
@@ -162,9 +162,9 @@ class Generator(nn.Module):
         if memory_items > 0 and memory_dim != 8 * width:
             raise ValueError(f"memory_dim={memory_dim}: must equal 8 * width = {8 * width} "
                              "(G's bottleneck channels)")
-        self.frames = frames
+        self.T = T
         w = width
-        self.inc = double_conv(3 * frames, w)
+        self.inc = double_conv(3 * T, w)
         self.down1, self.down2, self.down3 = Down(w, 2 * w), Down(2 * w, 4 * w), Down(4 * w, 8 * w)
         self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold, temperature, shrink,
                                     query=query)
@@ -176,9 +176,9 @@ class Generator(nn.Module):
             nn.init.zeros_(self.outc.bias)
 
     def forward(self, frames: Tensor) -> GeneratorOutput:
-        if frames.dim() != 5 or frames.shape[1] != self.frames or frames.shape[2] != 3:
+        if frames.dim() != 5 or frames.shape[1] != self.T or frames.shape[2] != 3:
             raise ValueError(f"G input of shape {tuple(frames.shape)}: expected "
-                             f"(B, {self.frames}, 3, H, W)")
+                             f"(B, {self.T}, 3, H, W)")
         if frames.shape[3] % 8 or frames.shape[4] % 8:
             raise ValueError(f"G input of size {frames.shape[3]}x{frames.shape[4]}: "
                              "H and W must be multiples of 8 (three 2x poolings)")
