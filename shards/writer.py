@@ -198,11 +198,13 @@ def write_shard(directory: Path, name: str, clips: Sequence[Clip], spool: Spool)
     """
     tar_partial = directory / (name + PARTIAL)
     samples = ((c.key, [(VIDEO_EXT, spool.read(c)), (META_EXT, c.meta.encode())]) for c in clips)
-    index_text = write_tar(tar_partial, samples)
-    atomic_write(directory / index_name(name), index_text.encode())
+    index = write_tar(tar_partial, samples).encode()
+    atomic_write(directory / index_name(name), index)
     return {
         "name": name,
         "index": index_name(name),
+        "index_bytes": len(index),
+        "index_sha256": hashlib.sha256(index).hexdigest(),
         "samples": len(clips),
         "frames": sum(c.frames for c in clips),
         "bytes": tar_partial.stat().st_size,

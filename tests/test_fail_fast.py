@@ -107,6 +107,22 @@ def test_a_damaged_shard_set_fails_on_the_driver(shard_set, tmp_path, capsys, mo
     assert code == 2 and str(tar) in line and message in line
 
 
+def test_driver_checks_fail_before_torch_mlflow_or_sklearn_are_imported(shard_set, tmp_path):
+    """Those imports take seconds on 2 cores: a bad config, shard set or server is reported first."""
+    healthy = shutil.copytree(shard_set, tmp_path / "healthy")
+    Path(sorted(shard_set.glob("*.tar"))[1]).with_suffix(".idx").unlink()
+    code = ("import sys, json\nfrom zxvad import train\ncodes = [train.main(a) for a in json.loads(sys.argv[1])]\n"
+            "print(json.dumps([codes, sorted(m for m in ('torch', 'mlflow', 'sklearn', 'ray') if m in sys.modules)]))")
+    runs = [_train_argv(shard_set, tmp_path), _train_argv(shard_set, tmp_path, "train.lr_g=-0.001"),
+            [a for a in _train_argv(healthy, tmp_path, "tracking.tracking_uri=http://u:p@127.0.0.1:9")
+             if a != "--no-mlflow"]]
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(runs)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[2, 2, 2], []], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "DALI index" in lines[0] and "train.lr_g" in lines[1] and "unreachable" in lines[2], lines
+
+
 def test_index_past_the_end_and_sha256_are_caught(shard_set):
     from zxvad.data import ShardError, verify_shard_set
 
@@ -123,8 +139,65 @@ def test_index_past_the_end_and_sha256_are_caught(shard_set):
     fields = lines[-1].split()
     fields[2] = str(int(fields[2]) + len(data))  # an offset beyond the tar
     index.write_text("\n".join(lines[:-1] + [" ".join(fields)]) + "\n")
+    with pytest.raises(ShardError, match="index .* (has .* bytes|differs from the manifest's sha256)"):
+        verify_shard_set(str(shard_set))
+    _drop_index_records(shard_set)  # a manifest from before index sizes were recorded
     with pytest.raises(ShardError, match="past the end of the tar"):
         verify_shard_set(str(shard_set))
+
+
+def _drop_index_records(shard_set: Path) -> None:
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        entry.pop("index_bytes"), entry.pop("index_sha256")
+    (shard_set / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_the_manifest_records_each_index_and_the_driver_compares_it(shard_set):
+    import hashlib
+
+    from zxvad.data import ShardError, verify_shard_set
+
+    manifest = json.loads((shard_set / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        index = (shard_set / entry["index"]).read_bytes()
+        assert entry["index_bytes"] == len(index) and entry["index_sha256"] == hashlib.sha256(index).hexdigest()
+    index = sorted(shard_set.glob("*.idx"))[1]
+    healthy = index.read_bytes()
+    index.write_bytes(healthy[:-20])  # cut, still parses as an index of fewer bytes
+    with pytest.raises(ShardError, match=f"index {index} has {len(healthy) - 20} bytes, but the manifest "
+                                         f"records {len(healthy)}"):
+        verify_shard_set(str(shard_set))
+    flipped = bytearray(healthy)
+    position = healthy.rindex(b" ") - 1  # a digit of the last entry's size: same length, other value
+    flipped[position] = ord("1") if flipped[position] != ord("1") else ord("2")
+    index.write_bytes(bytes(flipped))
+    with pytest.raises(ShardError, match="differs from the manifest's sha256"):
+        verify_shard_set(str(shard_set))
+    index.write_bytes(healthy)
+    _drop_index_records(shard_set)  # old manifests still load, without the index check
+    assert len(verify_shard_set(str(shard_set))) == len(manifest["shards"])
+
+
+def test_a_dali_error_on_shards_damaged_after_the_check_is_permanent(shard_set):
+    """The driver's check passed, then the tars were cut: DALI's RuntimeError in the worker is
+    re-classified by checking the sets again, so Ray Train does not retry it (ShardError)."""
+    from zxvad import train
+    from zxvad.data import ClipLoader, ShardError
+
+    cfg = tiny_config(f"data.train_shards={shard_set}", f"data.donor_shards={shard_set}", "eval.targets={}")
+    inputs = train.resolve_inputs(cfg)
+    assert inputs.sets == [(str(shard_set), 1.0), (str(shard_set), 1.0)]
+    with pytest.raises(RuntimeError, match="store unreachable") as err:  # sound shards: still retried
+        with train.data_errors_classified(inputs):
+            raise RuntimeError("store unreachable")
+    assert not isinstance(err.value, ValueError)
+    for info in inputs.train:  # after the driver's check, before the worker's DALI reads them
+        os.truncate(info.path, 1024)  # every sample past the first header is gone
+    with pytest.raises(ShardError, match=r"shard .*clips-0000\d\d\.tar: 1024 bytes, but the manifest records .*\(DALI: ") as err:
+        with train.data_errors_classified(inputs):
+            next(iter(ClipLoader(inputs.train, batch_size=2, clip_len=5, size=(16, 16), seed=0, threads=1)))
+    assert type(err.value.__cause__) is RuntimeError and "Critical error" not in str(err.value)
 
 
 # -- items 4 and 5: test sets are sacred; an all-bad build writes nothing ------------------------
@@ -249,6 +322,7 @@ def test_printed_error_lines_hide_userinfo(shard_set, tmp_path, capsys):
     code = train.main([a for a in argv if a != "--no-mlflow"])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "http://***@127.0.0.1:9" in line and "pa55word" not in line
+    assert "Connection refused" in line  # the check asks the host itself, not 'bob:pa55word@127.0.0.1'
 
 
 # -- item 7: a failed or interrupted run is recorded as such; artifacts beside the sqlite file ----
@@ -306,6 +380,70 @@ def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
     assert "99.00" not in capsys.readouterr().out
 
 
+def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from tune.trial import sweep_run
+    from tune import space
+    from zxvad import tracking, train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
+    (tmp_path / "db").mkdir()
+    plain = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1")
+    rooted = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1", "tracking.artifact_location=arts")
+    assert train.default_run_name(plain) == train.default_run_name(rooted)  # a resume may add it
+    assert train.default_run_name(plain) != train.default_run_name(tiny_config("tracking.experiment=e1", "train.lr_g=1e-3"))
+    _, run_id = tracking.open_run(rooted, "r1")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
+    assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "arts").as_uri())
+    assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
+    assert (tmp_path / "arts").is_dir() and not (tmp_path / "db" / "mlartifacts").exists()
+    capsys.readouterr()
+    elsewhere = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1",
+                            "tracking.artifact_location=s3://other/root")
+    tracking.open_run(elsewhere, "r2")  # MLflow cannot move an experiment: it says so and keeps it
+    assert "warning: MLflow experiment 'e1' keeps its artifact location" in capsys.readouterr().out
+    assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("name: sw\nbase: demo\nsearch: random\nsamples: 1\n"
+                          "space: {loss.alpha_n: {choice: [1.0]}}\nset: {tracking.artifact_location: sweep-arts}\n")
+    sweep = space.load(str(sweep_file))
+    assert sweep.trial_config({}, 0).tracking.artifact_location == str(tmp_path / "sweep-arts")  # trials run elsewhere
+    sweep_run(sweep, uri, sweep_file.read_text())
+    assert client.get_experiment_by_name("sw").artifact_location == (tmp_path / "sweep-arts").as_uri()
+
+
+def test_sweep_trial_runs_end_as_tune_saw_the_trials_end(tmp_path, capsys):
+    """Tune kills a stopped trial's actor, so the driver's RunStatus records each trial's end."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from tune import compare
+    from tune.trial import RunStatus
+    from zxvad import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = tracking.experiment_id(uri, "sw")
+    trials = {name: SimpleNamespace(trial_id=name, status=status) for name, status in (
+        ("done", "TERMINATED"), ("cut", "TERMINATED"), ("raised", "ERROR"), ("running", "RUNNING"),
+        ("pending", "PENDING"))}
+    for name in ("done", "cut", "raised", "running"):  # "pending" never started: no run
+        run = client.create_run(experiment, run_name=f"sw-{name}", tags={tracking.RUN_NAME_TAG: f"sw-{name}"})
+        client.log_metric(run.info.run_id, "auc/street", 0.5)  # left RUNNING, as a killed worker leaves it
+    callback = RunStatus(uri, "sw")
+    for name in ("done", "cut"):  # completed, or stopped by ASHA: both reach on_trial_complete
+        callback.on_trial_complete(0, list(trials.values()), trials[name])
+    callback.on_trial_error(0, list(trials.values()), trials["raised"])
+    callback.on_experiment_end(list(trials.values()))  # Ctrl+C: "running" was still running
+    status = {r.info.run_name: r.info.status for r in client.search_runs([experiment])}
+    assert status == {"sw-done": "FINISHED", "sw-cut": "FINISHED", "sw-raised": "FAILED", "sw-running": "KILLED"}
+    assert {r.info.run_name for r in compare.load_runs("sw", uri)} == {"sw-done", "sw-cut"}
+
+
 # -- items 2 and 8: a permanent worker error is not retried; Ray's own lines stay in its logs ----
 
 def test_permanent_worker_errors_stop_the_run_and_transient_ones_do_not():
@@ -337,6 +475,38 @@ def test_trainer_keeps_ray_internals_out_of_the_terminal(tmp_path):
     assert any(type(c).__name__ == "StopOnPermanentErrors" for c in quiet.callbacks)
 
 
+def test_only_the_training_workers_own_lines_reach_the_terminal():
+    """What Ray streams to the driver (log_to_driver) passes through train's filter: Ray's internal
+    actors' lines (they stay in Ray's session logs, which Ray writes before streaming) are dropped."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from zxvad import train
+
+    printed = []
+    before = list(dispatcher.handlers)
+    dispatcher.handlers = [("ray_print_logs", printed.append)]  # as ray.init(log_to_driver=True) adds it
+    try:
+        assert train.show_only_worker_lines()
+        batches = [
+            {"actor_name": "PlacementGroupCleaner", "is_err": True, "pid": 7, "lines": [
+                "Traceback (most recent call last):", "ray.util.state.exception.RayStateApiException: "
+                "Failed to query Ray Train Controller actor state"]},
+            {"actor_name": "TrainController", "is_err": True, "pid": 8, "lines": [
+                "[2026-11-30 13:00:00,000 W 8 8] core_worker.cc:1234: task failed"]},
+            {"actor_name": "", "task_name": "", "pid": "raylet", "is_err": True, "lines": ["raylet noise"]},
+            {"actor_name": "RayTrainWorker", "is_err": False, "pid": 9, "lines": [
+                "step 1/4 | l_rec 0.1 | 1.00 step/s | ETA 0m03s"]},
+            {"actor_name": "RayTrainWorker", "is_err": True, "pid": 9, "lines": [
+                "/site-packages/torch/x.py:1: UserWarning: deprecated", "warning: shard x is slow"]},
+        ]
+        for batch in batches:
+            dispatcher.emit(batch)
+    finally:
+        dispatcher.handlers = before
+    assert [(b["pid"], b["lines"]) for b in printed] == [
+        (9, ["step 1/4 | l_rec 0.1 | 1.00 step/s | ETA 0m03s"]), (9, ["warning: shard x is slow"])]
+
+
 @pytest.mark.slow
 def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
     """End to end on a local Ray: clips too short for T+1 fail in the worker, once, exit 2."""
@@ -353,6 +523,15 @@ def test_a_permanent_error_in_a_worker_is_not_retried(shard_set, tmp_path):
     assert "Failed to query Ray Train Controller actor state" not in proc.stderr  # a Ray warning
     assert "Attempting to start training worker group" not in proc.stderr  # Train's INFO lines stay in its logs
     assert "Error in training function" not in proc.stderr
+    noise = ("PlacementGroupCleaner", "core_worker.cc", "Reporting training result", "Traceback")
+    assert not [line for line in proc.stdout.splitlines() + proc.stderr.splitlines() if any(n in line for n in noise)]
+    # the log files of this run's own Ray session (named on the failure) keep what the terminal left out
+    logs = Path(next(line for line in proc.stderr.splitlines() if line.startswith("Ray's full log: "))
+                .split(": ", 1)[1].split(" (or rerun")[0])
+    kept = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*.err"))
+    assert ":actor_name:TrainController" in kept and ":actor_name:RayTrainWorker" in kept
+    kept += "".join(p.read_text(errors="replace") for p in logs.glob("train/*.log"))
+    assert "ShardError" in kept and "Traceback" in kept  # the worker's full traceback, which the terminal lacks
 
 
 def test_detect_warns_when_a_file_ends_early(tmp_path, capsys):

@@ -226,9 +226,13 @@ def demo_sweep(tmp_path_factory):
             raise
     first = first_log.read_text(errors="replace")
     ended_first = [line.split()[1] for line in first.splitlines() if line.startswith("trial ") and " done at " in line]
+    from zxvad.tracking import TRIAL_TAG
+
+    status_first = {r.data.tags[TRIAL_TAG]: r.info.status for r in _trial_runs(uri)[1]}
 
     second = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     return {"root": root, "uri": uri, "shards": shards, "first": first, "first_rc": first_rc, "ended_first": ended_first,
+            "status_first": status_first,
             "second": second.stdout + second.stderr, "second_rc": second.returncode}
 
 
@@ -287,6 +291,19 @@ def test_asha_stopped_the_weak_trials_early(demo_sweep):
         assert by_step[t["step"]] == pytest.approx(t["auc/mean"], abs=1e-9)
         # ASHA's stop reaches a running trial a moment later: it may log one more evaluation
         assert max(by_step) <= t["steps"]
+
+
+@pytest.mark.slow
+def test_mlflow_status_follows_tune_stopped_trials_finish_interrupted_ones_were_killed(demo_sweep):
+    status_first = demo_sweep["status_first"]
+    assert status_first, demo_sweep["first"][-3000:]
+    for trial_id, status in status_first.items():  # Ctrl+C: what had ended FINISHED, the rest KILLED
+        assert status == ("FINISHED" if trial_id in demo_sweep["ended_first"] else "KILLED"), status_first
+    _, trials, _ = _trial_runs(demo_sweep["uri"])
+    summary = json.loads((demo_sweep["root"] / "out" / "trials.json").read_text())
+    assert any(t["stopped_early"] for t in summary["trials"])
+    # ASHA's stops kill the trial's actor: the driver records them FINISHED, not RUNNING or FAILED
+    assert sorted(r.info.status for r in trials) == ["FINISHED"] * 4
 
 
 @pytest.mark.slow

@@ -54,7 +54,7 @@ KINDS = ("loguniform", "uniform", "choice", "grid")
 # Keys a seed sets: R is untrained, so its random init is part of what a seed varies.
 SEED_KEYS = ("train.seed", "data.seed", "model.backbone_seed")
 # Local paths are made absolute: Tune runs each trial in a folder of its own.
-PATH_KEYS = ("data.train_shards", "data.donor_shards", "train.storage_path")
+PATH_KEYS = ("data.train_shards", "data.donor_shards", "train.storage_path", "tracking.artifact_location")
 SEED = "seed"  # Tune's name of the seed dimension (0, 1, ...), added to each key of SEED_KEYS
 TOP_KEYS = ("name", "base", "set", "space", "search", "metric", "mode", "scheduler", "samples",
             "seeds", "resources", "max_concurrent", "search_seed")

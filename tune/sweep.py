@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ray import tune
 
-    from tune.trial import Progress, run_trial, sweep_run
+    from tune.trial import Progress, RunStatus, run_trial, sweep_run
     from zxvad import train
 
     variants = sweep.variants() if sweep.search not in space.MODEL_SEARCHES else []
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                            tune_config=_tune_config(sweep, concurrency),
                            run_config=tune.RunConfig(name=sweep.name, storage_path=path,
                                                      storage_filesystem=filesystem, verbose=0,
-                                                     callbacks=[Progress(sweep.name, sweep.metric, total)]))
+                                                     callbacks=[Progress(sweep.name, sweep.metric, total),
+                                                                RunStatus(uri, sweep.name)]))
     tuner.fit()
     return finish(sweep, total, experiment_path, filesystem, uri, parent_run_id, out, time.time() - began)
 

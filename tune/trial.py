@@ -68,8 +68,8 @@ def run_trial(config: dict, sweep: Sweep, uri: str, storage_path: str, parent_ru
                                      tracking.SEED_TAG: str(seed)})
 
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
-    # No tracking.recorded_status here: Tune ends a trial that reached max_t (or that ASHA stopped)
-    # by interrupting it, which that would record as FAILED; rank 0's RunLogger ends the run.
+    # The run's end status is not set here: Tune stops a trial (max_t, ASHA) by killing this actor,
+    # so nothing in it can tell a stop from a crash. RunStatus, on the driver, records Tune's verdict.
     job = train.make_job(cfg, inputs, run_id, uri)
     train.build_trainer(job, run_name, callbacks=[report], best_mode=sweep.mode).fit()
 
@@ -128,10 +128,43 @@ class Progress(ray.tune.Callback):
             self.bar.close()
 
 
+class RunStatus(ray.tune.Callback):
+    """Each trial's MLflow run ends as Tune saw the trial end, on the driver.
+
+    Tune stops a trial (it reached ``max_t``, or ASHA cut it) by killing the trial's actor with its
+    TorchTrainer; no exception reaches the trial function, and rank 0 never closes its run, which
+    would stay RUNNING. So: completed or stopped by the scheduler -> FINISHED, raised -> FAILED, still
+    running or pending when the sweep ends (Ctrl+C) -> KILLED. A resumed trial's rank 0 sets its
+    run RUNNING again.
+    """
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        for trial in trials:
+            if trial.status not in ("TERMINATED", "ERROR"):
+                self._end(trial, "KILLED")
+
+    def _end(self, trial, status: str) -> None:
+        try:
+            tracking.end_named_run(self.uri, self.experiment, f"{self.experiment}-{trial.trial_id}", status)
+        except Exception as err:  # a tracking hiccup must not stop the sweep
+            print(f"warning: MLflow status {status} of trial {trial.trial_id} not recorded: "
+                  f"{tracking.redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}", flush=True)
+
+
 def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
     """The sweep-level MLflow run (found by tag, or created with the sweep's settings)."""
     params = {"search": sweep.search, "metric": f"{sweep.metric} ({sweep.mode})",
               "scheduler": sweep.scheduler.kind, "samples": sweep.samples, "seeds": sweep.seeds,
               "base": sweep.base_ref,
               "space": json.dumps({d.name: {d.kind: d.values} for d in sweep.space}, default=str)[:6000]}
-    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text)
+    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text,
+                                   sweep.base.tracking.artifact_location)

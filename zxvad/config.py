@@ -141,6 +141,9 @@ class TrackingConfig:
     tracking_uri: str = ""
     on_unreachable: str = "fail"  # fail | local
     register_as: str = ""  # MLflow Model Registry name for the final G; "" registers nothing
+    # Artifact root of experiments created from now on (a folder, file:// or s3:// URI); "" puts
+    # them beside a sqlite database, or where the server says. Not part of the run name's hash.
+    artifact_location: str = ""
 
 
 @dataclass

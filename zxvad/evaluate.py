@@ -395,12 +395,16 @@ def main(argv: list[str] | None = None) -> int:
         from zxvad.checkpoint import load_generator
         from zxvad.data import verify_shard_set
 
+        # --target names and shard sets are checked before G is loaded (seconds at paper scale)
+        targets = parse_targets(args.target)
+        resolved = {name: verify_shard_set(spec) for name, spec in targets.items()}
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         G, cfg = load_generator(args.checkpoint, device)
-        targets = parse_targets(args.target) or dict(cfg.eval.targets)
         if not targets:
-            raise ValueError("no --target given and the checkpoint's config names none")
-        resolved = {name: verify_shard_set(spec) for name, spec in targets.items()}
+            targets = dict(cfg.eval.targets)
+            if not targets:
+                raise ValueError("no --target given and the checkpoint's config names none")
+            resolved = {name: verify_shard_set(spec) for name, spec in targets.items()}
         stored, warnings = storage_lines(targets)
         print("\n".join(stored))
         for warning in warnings:

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 MIN_MSE = 1e-10  # caps PSNR at 100 dB so that a perfect frame stays finite
@@ -158,4 +157,6 @@ def frame_auc(videos: list[VideoResult], T: int) -> float:
         ids = ", ".join(v.video_id for v in videos[:5]) + (", ..." if len(videos) > 5 else "")
         raise ValueError(f"frame AUC undefined: {have} among the scored frames of videos [{ids}] "
                          "(needs both normal 0 and abnormal 1)")
+    from sklearn.metrics import roc_auc_score  # seconds to import: not before a command's own checks
+
     return float(roc_auc_score(pooled.labels, pooled.scores))

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-from zxvad import metrics as summary_metrics
 from zxvad.config import Config
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -108,8 +107,17 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Raise :class:`TrackingError` when an http(s) tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(uri)
+    request = urllib.request.Request(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl().rstrip("/")
+                                     + "/health")
+    if parts.username is not None:  # user:password@ is not part of the host: send it as basic auth
+        token = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as reply:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
             if reply.status >= 500:
                 raise TrackingError(f"MLflow server {redact(uri)} answered {reply.status}")
     except (urllib.error.URLError, OSError) as err:
@@ -129,19 +137,20 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
     Returns ``(tracking_uri, run_id)``. Honours ``tracking.on_unreachable``: ``local`` falls back
     to the default sqlite store when the server is down, ``fail`` raises.
     """
-    import mlflow
-
     uri = resolve_uri(cfg.tracking.tracking_uri)
     try:
-        check_reachable(uri)
+        check_reachable(uri)  # before importing mlflow (seconds): a server that is down fails fast
     except TrackingError:
         if cfg.tracking.on_unreachable != "local":
             raise
         fallback = absolute_uri(DEFAULT_TRACKING_URI)
         print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
         uri = fallback
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment))
+    experiment = mlflow.set_experiment(experiment_id=experiment_id(uri, cfg.tracking.experiment,
+                                                                   cfg.tracking.artifact_location))
     found = mlflow.search_runs([experiment.experiment_id], output_format="list",
                                filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'")
     if found:
@@ -157,24 +166,34 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
         return uri, run.info.run_id
 
 
-def default_artifact_root(uri: str) -> str | None:
-    """Beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
-    folder, wherever the command ran); None (the store's own default) otherwise."""
+def default_artifact_root(uri: str, artifact_location: str = "") -> str | None:
+    """``artifact_location`` (``tracking.artifact_location``; a folder is made absolute) if given;
+    else beside the database for a ``sqlite:`` store (MLflow's default is ./mlruns of the current
+    folder, wherever the command ran); else None (the store's own default)."""
+    if artifact_location:
+        return artifact_location if "://" in artifact_location else Path(artifact_location).resolve().as_uri()
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
 
 
-def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created with :func:`default_artifact_root` if new (an
-    existing experiment keeps the artifact location it was made with)."""
+def experiment_id(uri: str, name: str, artifact_location: str = "") -> str:
+    """The id of experiment ``name``, created with :func:`default_artifact_root` if new.
+
+    An existing experiment keeps the artifact location it was made with (MLflow cannot move it):
+    a different ``artifact_location`` is reported, not applied.
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_root(uri))
+    if found is None:
+        return client.create_experiment(name, artifact_location=default_artifact_root(uri, artifact_location))
+    wanted = default_artifact_root(uri, artifact_location) if artifact_location else None
+    if wanted and wanted.rstrip("/") != found.artifact_location.rstrip("/"):
+        print(f"warning: MLflow experiment '{name}' keeps its artifact location {redact(found.artifact_location)}; "
+              "tracking.artifact_location applies to new experiments", flush=True)
+    return found.experiment_id
 
 
 @contextmanager
@@ -196,6 +215,23 @@ def recorded_status(uri: str, run_id: str) -> Iterator[None]:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def end_named_run(uri: str, experiment: str, run_name: str, status: str) -> str | None:
+    """End the run named ``run_name`` in ``experiment`` with ``status`` (a sweep's driver records
+    how Tune saw a trial end); returns the run id, or None when no such run was opened."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+                              max_results=1)
+    if not runs:
+        return None
+    client.set_terminated(runs[0].info.run_id, status=status)
+    return runs[0].info.run_id
 
 
 def _log_datasets(datasets: list[dict]) -> None:
@@ -279,6 +315,8 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
     """AUCs (G, baselines, gains: :func:`zxvad.metrics.flat`), efficiency figures and report files."""
     import mlflow
 
+    from zxvad import metrics as summary_metrics  # torch and sklearn: not on the driver's first path
+
     client = mlflow.MlflowClient(tracking_uri=uri)
     metrics = summary_metrics.flat(results)
     metrics.update({f"efficiency/{k}": float(v) for k, v in (figures or {}).items()})
@@ -315,18 +353,17 @@ def tag_trial(uri: str, run_id: str, tags: dict[str, str]) -> int:
     return attempt
 
 
-def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text: str) -> str:
+def open_sweep_run(uri: str, sweep: str, params: dict[str, Any], sweep_file_text: str,
+                   artifact_location: str = "") -> str:
     """The sweep-level run of experiment ``sweep`` (found by its role tag, or created)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(sweep)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        sweep, artifact_location=default_artifact_root(uri))
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
+    experiment = experiment_id(uri, sweep, artifact_location)
+    found = client.search_runs([experiment], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'")
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"{sweep}-sweep",
+    run = client.create_run(experiment, run_name=f"{sweep}-sweep",
                             tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep"})
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)

@@ -17,22 +17,22 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from shards.storage import is_s3, parse_s3_url
-from zxvad import checkpoint as ckpt
 from zxvad import config as config_lib
 from zxvad.config import Config
-from zxvad.ddp import unwrap, wrap_trained
 from zxvad.resources import peak_rss_mb
 from zxvad.tracking import redact
 
 if TYPE_CHECKING:
     from zxvad.data import ShardInfo
+
+# torch, the checkpoint code and MLflow are imported where they are used: a bad config or shard
+# set is reported before them (torch alone takes seconds to import on a small machine).
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
@@ -47,6 +47,8 @@ class Inputs:
     train: list[ShardInfo]
     donors: list[ShardInfo]
     targets: dict[str, list[ShardInfo]]
+    # (absolute spec, fraction) of each set: what a worker re-checks when DALI fails
+    sets: list[tuple[str, float]] = field(default_factory=list)
 
 
 def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
@@ -55,7 +57,10 @@ def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
     (indexes, clip metadata, a codec the workers' decoder reads); one clear error otherwise."""
     from zxvad.data import check_shards, verify_shard_set
 
+    sets = []
+
     def resolve(spec: str, fraction: float = 1.0) -> list[ShardInfo]:
+        sets.append((spec if is_s3(spec) else os.path.abspath(spec), fraction))
         paths = verify_shard_set(spec, fraction, full_hash=verify_hash)
         return check_shards(paths, gpu=cfg.train.use_gpu)
 
@@ -65,7 +70,7 @@ def resolve_inputs(cfg: Config, verify_hash: bool = False) -> Inputs:
     train = resolve(cfg.data.train_shards, cfg.data.fraction)
     donors = resolve(cfg.data.donor_shards) if cfg.data.donor_shards else train
     targets = {name: resolve(spec) for name, spec in cfg.eval.targets.items()}
-    return Inputs(train, donors, targets)
+    return Inputs(train, donors, targets, sets)
 
 
 def dataset_refs(cfg: Config) -> list[dict]:
@@ -87,12 +92,16 @@ def dataset_refs(cfg: Config) -> list[dict]:
     return list(out.values())
 
 
+# Keys that may change between a run and its resume: more steps, a new experiments' artifact root.
+NOT_IN_RUN_NAME = ("train.steps", "tracking.artifact_location")
+
+
 def default_run_name(cfg: Config) -> str:
     """Stable per config, so that rerunning the same command resumes it (steps may grow)."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     old_name = {new: old for old, new in config_lib.RENAMED_KEYS.items()}  # runs started before resume
-    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k != "train.steps"}
+    flat = {old_name.get(k, k): v for k, v in cfg.flat().items() if k not in NOT_IN_RUN_NAME}
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
     return f"{cfg.tracking.experiment}-{digest}"
 
@@ -171,9 +180,48 @@ class _Progress:
         return f"step {step}/{self.total} | {terms} | {rate:.2f} step/s | ETA {eta_text}"
 
 
+def shard_defect(inputs: Inputs) -> Exception | None:
+    """The driver's cheap shard-set check, run again: the ShardError of a set damaged since the run
+    started, or None (the sets are sound, or cannot be reached now: an outage, worth a retry)."""
+    from zxvad.data import ShardError, verify_shard_set
+
+    for spec, fraction in inputs.sets:
+        try:
+            verify_shard_set(spec, fraction)
+        except ShardError as err:
+            return err
+        except Exception:  # a storage outage: no verdict
+            return None
+    return None
+
+
+@contextmanager
+def data_errors_classified(inputs: Inputs):
+    """A RuntimeError while DALI reads (DALI raises nothing else, for a corrupt shard as for an
+    unreachable store) becomes a permanent ShardError when the shard sets are now damaged; it
+    stays a RuntimeError, which Ray Train retries, when they check out."""
+    try:
+        yield
+    except RuntimeError as err:
+        defect = shard_defect(inputs)
+        if defect is None:
+            raise
+        raise type(defect)(f"{defect} (DALI: {_dali_summary(str(err))})") from err
+
+
+def _dali_summary(text: str) -> str:
+    """The line of a DALI error that says what went wrong (after its pipeline traceback)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:
+        return lines[lines.index("encountered:") + 1][:200]
+    return next((line for line in lines if not line.startswith("Critical error")), "no message")[:200]
+
+
 def _restore(state, rank: int) -> bool:
     """Load the latest checkpoint Ray hands this worker, if any; True when it did."""
     import ray.train
+
+    from zxvad import checkpoint as ckpt
 
     resumed = ray.train.get_checkpoint()
     if resumed is None:
@@ -232,7 +280,9 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
     """Rank 0 checkpoints (and evaluates, logs); every rank reports, as Ray Train requires."""
     import ray.train
 
+    from zxvad import checkpoint as ckpt
     from zxvad import tracking
+    from zxvad.ddp import unwrap
 
     step = state.step
     metrics = {"step": step, **{k: float(v) for k, v in losses.items()}}
@@ -241,8 +291,9 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
         if ray.train.get_context().get_world_rank() == 0:
             ckpt.save(state, folder)
             if evaluate_now:
-                results, figures, files = _evaluate(state, job.cfg, job.inputs.targets, device, step,
-                                                    Path(folder), last)
+                with data_errors_classified(job.inputs):
+                    results, figures, files = _evaluate(state, job.cfg, job.inputs.targets, device, step,
+                                                        Path(folder), last)
                 metrics.update(_evaluation_metrics(results, figures))
                 if run is not None:
                     tracking.log_evaluation(run.run_id, results, figures, files if last else [],
@@ -258,8 +309,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """One DDP worker: its own DALI pipelines for its rank, the training step, reports."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from zxvad import tracking
+    from zxvad.ddp import wrap_trained
     from zxvad.step import build_state, train_step
 
     job: TrainJob = loop_config["job"]
@@ -280,8 +333,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = _Progress(cfg.train.steps, state.step)
     while state.step < cfg.train.steps:
+        with data_errors_classified(job.inputs):
+            batch, donor = next(clips), next(donors)
         # lazy: the loss floats come back (one host sync) only at log and checkpoint steps
-        losses = train_step(state, next(clips), next(donors))
+        losses = train_step(state, batch, donor)
         step = state.step
         last = step >= cfg.train.steps
         if rank == 0 and (step % cfg.train.log_every == 0 or last):
@@ -471,6 +526,51 @@ def prepare(argv: list[str] | None = None):
     return args, cfg, inputs, name
 
 
+TRAIN_WORKER = "RayTrainWorker"  # the actor class of Ray Train's workers, as Ray names their output
+
+
+def worker_lines_to_show(batch: dict) -> list[str]:
+    """Of a batch of lines Ray streams from its processes to the driver, those a user should see
+    without ``--verbose``: what the training workers print (progress, evaluation tables) and their
+    own ``warning:``/``error:`` lines. Ray's internals (the PlacementGroupCleaner's traceback, the
+    controller's and the C++ core worker's lines, stray tracebacks) stay in Ray's session logs."""
+    if TRAIN_WORKER not in (batch.get("actor_name") or ""):
+        return []
+    lines = batch.get("lines") or []
+    if batch.get("is_err"):
+        lines = [line for line in lines if line.startswith(("warning:", "error:"))]
+    return lines
+
+
+def show_only_worker_lines() -> bool:
+    """Route what Ray streams to this driver through :func:`worker_lines_to_show`; False when
+    this Ray has no such stream (then nothing is changed)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printer = dict(dispatcher.handlers).get("ray_print_logs")
+    if printer is None:
+        return False
+
+    def filtered(batch: dict) -> None:
+        lines = worker_lines_to_show(batch)
+        if lines:
+            printer({**batch, "lines": lines})
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", filtered)
+    return True
+
+
+def ray_logs_dir() -> str:
+    """This Ray session's log folder (session_latest may be another local Ray's)."""
+    try:
+        import ray._private.worker
+
+        return ray._private.worker._global_node.get_logs_dir_path()
+    except Exception:  # a Ray joined by address, or a Ray without that internal
+        return "/tmp/ray/session_latest/logs"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, cfg, inputs, run_name = prepare(argv)
@@ -491,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = None if args.verbose else ray.LoggingConfig(log_level="ERROR")
         ray.init(address=address or None, include_dashboard=False if not address else None,
                  logging_config=quiet)
+        if not args.verbose:
+            show_only_worker_lines()
     print(f"run {run_name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
           f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
     from zxvad import tracking
@@ -500,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             result = fit_with_storage_retries(cfg, inputs, run_name, run_id, uri, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
         if not args.verbose:
-            print("Ray's full log: /tmp/ray/session_latest/logs (or rerun with --verbose)", file=sys.stderr)
+            print(f"Ray's full log: {ray_logs_dir()} (or rerun with --verbose)", file=sys.stderr)
         permanent = permanent_cause(err)
         if permanent is not None:
             print(f"error: training stopped, not retried: {redact(str(permanent))}", file=sys.stderr)

@@ -11,15 +11,19 @@
 
 from zxvad.data.shardset import ShardError, ShardInfo, check_shards, checked_shards, is_lossless, resolve_shards, shard_set_quality, \
     verify_shard_set
-from zxvad.data.windows import iterate_videos, prediction_windows
 
 
 def __getattr__(name):
-    # The loaders import DALI; keep `import zxvad.data` light for code that only resolves shards.
+    # The loaders import DALI, the windows torch; keep `import zxvad.data` light for code that only
+    # resolves and checks shards (the driver, before Ray).
     if name in ("ClipLoader", "DonorLoader", "EvalLoader", "EvalClip"):
         from zxvad.data import pipelines
 
         return getattr(pipelines, name)
+    if name in ("iterate_videos", "prediction_windows"):
+        from zxvad.data import windows
+
+        return getattr(windows, name)
     raise AttributeError(f"module 'zxvad.data' has no attribute {name!r}")
 
 

@@ -162,8 +162,14 @@ def _verify_shard(base: str, entry: dict[str, Any], full_hash: bool) -> str:
         return f"shard {path}: {size} bytes, but the manifest records {entry['bytes']} (truncated or rewritten)"
     if _size(index_path) is None:
         return f"shard {path}: DALI index {index_path} is missing"
+    index = read_bytes(index_path)
+    if len(index) != entry.get("index_bytes", len(index)):  # manifests before index_bytes: not checked
+        return (f"shard {path}: index {index_path} has {len(index)} bytes, but the manifest records "
+                f"{entry['index_bytes']} (truncated or rewritten)")
+    if "index_sha256" in entry and hashlib.sha256(index).hexdigest() != entry["index_sha256"]:
+        return f"shard {path}: index {index_path} differs from the manifest's sha256 (corrupt or rewritten)"
     try:
-        samples = parse_index(read_bytes(index_path).decode(errors="replace"), index_path)
+        samples = parse_index(index.decode(errors="replace"), index_path)
     except ShardError as err:
         return str(err)
     if len(samples) != entry.get("samples", len(samples)):
@@ -181,7 +187,9 @@ def verify_shard_set(spec: str, fraction: float = 1.0, full_hash: bool = False) 
     """:func:`resolve_shards`, then each chosen shard checked against the manifest, cheaply.
 
     Every tar and index must exist, each tar must have the manifest's size and hold every
-    offset its index names; ``full_hash`` also compares each tar's sha256 (reads every byte).
+    offset its index names, each index the manifest's size and sha256 (it is read anyway, and
+    small; manifests written before they were recorded are read without that check);
+    ``full_hash`` also compares each tar's sha256 (reads every byte).
 
     Raises:
         ShardError: the first problem, naming the shard, with the remedy.
