@@ -201,3 +201,28 @@ def test_gain_column_and_ranking_by_gain(store, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--metric auc_gain/ped2: not logged" in err[0]
     assert "auc_gain/street" in err[0] and not (tmp_path / "x").exists()
+
+
+def test_per_target_tables_show_g_each_baseline_and_the_gain(tmp_path, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("ablation")
+    for alpha_n, aucs in ((0.5, (0.97, 0.95)), (0.0, (0.93, 0.91))):
+        for seed, auc in enumerate(aucs):
+            run_id = client.create_run(exp_id).info.run_id
+            client.log_param(run_id, "loss.alpha_N", alpha_n)
+            client.log_param(run_id, "train.seed", seed)
+            metrics = {"auc/real": auc, "auc/mean": auc, "auc_baseline/copy_last/real": 0.96,
+                       "auc_baseline/linear/real": 0.94, "auc_gain/real": auc - 0.96,
+                       "auc_gain/mean": auc - 0.96}
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, value, step=300)
+    rc = compare.main(["--experiment", "ablation", "--by", "loss.alpha_N", "--per-target",
+                       "--out", str(tmp_path / "out"), "--tracking-uri", uri])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "| config | G | copy_last | linear | gain | runs |" in printed
+    assert "| loss.alpha_N=0.5 | 96.00 ± 1.41 | 96.00 | 94.00 | +0.00 ± 1.41 | 2 |" in printed
+    assert "| loss.alpha_N=0.0 | 92.00 ± 1.41 | 96.00 | 94.00 | -4.00 ± 1.41 | 2 |" in printed

@@ -209,5 +209,66 @@ def test_critics_score_a_frame_alone_as_in_a_mixed_batch(norm):
 
 def test_presets_use_batch_independent_critics():
     for name in ("demo", "paper"):
-        N = build_models(config.load(name, ["model.backbone=mnasnet1_0"]).model).N
+        N = build_models(config.load(name, ["model.backbone=mnasnet1_0",
+                                            "model.backbone_layer=last"]).model).N
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in N.modules()), name
+
+
+def _winning_items(query: str) -> int:
+    """Distinct items that win (argmax) over every bottleneck position of an untrained demo G."""
+    torch.manual_seed(0)
+    G = build_generator(config.load("demo", [f"model.memory_query={query}"]).model)
+    frames = F.avg_pool2d(torch.rand(16, 3, 64, 64) * 2 - 1, 5, 1, 2).view(4, 4, 3, 64, 64)
+    with torch.no_grad():
+        weights = G(frames).memory_weights  # (B, K, h, w)
+    return int(weights.argmax(dim=1).unique().numel())
+
+
+def test_centred_queries_spread_over_the_memory_where_raw_ones_collapse():
+    # G's bottleneck ends in a ReLU: raw queries share the positive orthant and pick one item
+    assert _winning_items("raw") <= 2
+    assert _winning_items("centred") >= 8
+
+
+def test_residual_output_starts_as_the_last_frame_and_learns_the_change():
+    from zxvad.models import Generator
+
+    torch.manual_seed(0)
+    frames = torch.rand(2, 4, 3, 32, 32) * 2 - 1
+    G = Generator(T=4, width=4, memory_items=0, output="residual")
+    torch.testing.assert_close(G(frames).prediction, frames[:, -1])  # untrained: copy_last
+    target = (frames[:, -1] + 0.1).clamp(-1, 1)
+    opt = torch.optim.SGD(G.parameters(), lr=0.1)
+    for _ in range(2):  # the zero last layer takes the first step; then the U-Net learns too
+        opt.zero_grad()
+        (G(frames).prediction - target).abs().mean().backward()
+        opt.step()
+    assert G.outc.weight.abs().sum() > 0 and G.inc[0].weight.grad.abs().sum() > 0
+    paper = Generator(T=4, width=4, memory_items=0)
+    assert (paper(frames).prediction - frames[:, -1]).abs().mean() > 0.1  # tanh output: no copy
+    with pytest.raises(ValueError, match="output"):
+        Generator(T=4, width=4, memory_items=0, output="delta")
+
+
+def test_backbone_layer3_is_the_stage_before_the_last_with_the_same_weights():
+    from zxvad.models import build_backbone
+
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    last, layer3 = build_backbone("resnet50", 0), build_backbone("resnet50", 0, layer="layer3")
+    features = layer3(x)
+    assert features.shape[1:] == (1024, 4, 4) and last(x).shape[1:] == (2048, 2, 2)
+    torch.testing.assert_close(last.body[-1](features), last(x))  # layer4 of layer3's maps
+    with pytest.raises(ValueError, match="layer3"):
+        build_backbone("alexnet", 0, layer="layer3")
+    with pytest.raises(config.ConfigError, match="model.backbone_layer"):
+        config.load("demo", ["model.backbone=alexnet", "model.backbone_layer=layer3"])
+
+
+def test_a_wider_mask_spread_cuts_a_smaller_object():
+    from zxvad.synthesis import masks_from_features
+
+    torch.manual_seed(0)
+    features = torch.rand(2, 8, 16, 16) + F.pad(torch.ones(2, 8, 6, 6) * 3, (4, 6, 4, 6))
+    features[:, :, 6:8, 6:8] += 3  # a brighter core inside the object
+    areas = [masks_from_features(features, (64, 64), 0.1, k).mean().item() for k in (0.5, 2.0)]
+    assert 0 < areas[1] < areas[0]

@@ -69,8 +69,11 @@ def test_profiling_hook_sees_every_section_in_order_and_is_off_by_default():
 
 
 def test_fused_adam_is_used_and_matches_the_per_tensor_loop():
-    fused_state, fused = run_steps(tiny_cfg(), steps=3)
-    loop_state, loop = run_steps(tiny_cfg("train.fused_adam=false"), steps=3)
+    # raw queries: with centred ones the hard shrinkage keeps or cuts weights next to lambda, so
+    # float rounding of the two Adams flips a few weights and the comparison measures that instead
+    raw = "model.memory_query=raw"
+    fused_state, fused = run_steps(tiny_cfg(raw), steps=3)
+    loop_state, loop = run_steps(tiny_cfg(raw, "train.fused_adam=false"), steps=3)
     assert fused_state.opt_g.param_groups[0]["fused"] is True
     assert not loop_state.opt_g.param_groups[0]["fused"]
     for a, b in zip(fused, loop):

@@ -32,6 +32,7 @@ from zxvad import metrics as metric_names
 IGNORED = (*SEED_KEYS, "tracking.run_name")
 NOT_SIGNIFICANT = "†"
 GAIN = "gain"  # the column of auc_gain/mean; per-target gains are kept as "gain/<target>"
+BASELINE = "baseline"  # auc_baseline/<name>/<target> is kept as "baseline/<name>/<target>"
 
 
 class CompareError(ValueError):
@@ -123,6 +124,8 @@ def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Tabl
         row.values.setdefault("mean", []).append(float(mean))
         for key, value in metrics.items():
             head, _, name = key.partition("/")
+            if head == metric_names.BASELINE:  # auc_baseline/<baseline>/<target>
+                row.values.setdefault(f"{BASELINE}/{name}", []).append(float(value))
             if head == metric_names.GAIN:
                 column = GAIN if name == metric_names.MEAN else f"{GAIN}/{name}"
                 row.values.setdefault(column, []).append(float(value))
@@ -214,6 +217,43 @@ def to_markdown(table: Table, bold: bool = True) -> str:
         notes.append(f"mean ± std over seeds; {NOT_SIGNIFICANT}: behind the best by less than the "
                      "seed spread (not significant)")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
+
+
+def _mean_std(row: Row, column: str, spread: bool = True) -> str:
+    if not row.values.get(column):
+        return "-"
+    text = f"{100 * row.mean(column):.2f}"
+    return text + (f" ± {100 * row.std(column):.2f}" if spread and len(row.values[column]) > 1 else "")
+
+
+def per_target_markdown(table: Table) -> str:
+    """One table per target (and the mean): each configuration's G, the trivial baselines on the
+    same frames, and G's gain over the best of them, mean ± std over the configuration's runs."""
+    baselines = sorted({c.split("/")[1] for r in table.rows for c in r.values
+                        if c.startswith(f"{BASELINE}/")})
+    blocks = []
+    for target in [*table.targets, "mean"]:
+        gain = GAIN if target == "mean" else f"{GAIN}/{target}"
+        lines = [f"**{target}**", "",
+                 "| " + " | ".join(["config", "G", *baselines, "gain", "runs"]) + " |",
+                 "|" + "---|" * (len(baselines) + 4)]
+        for row in table.rows:
+            label = ", ".join(f"{k}={v}" for k, v in row.label.items()) or "all runs"
+            if target == "mean":  # the baselines' mean over the targets (their best differs)
+                cells = []
+                for b in baselines:
+                    means = [row.mean(f"{BASELINE}/{b}/{t}") for t in table.targets]
+                    cells.append(f"{100 * sum(means) / len(means):.2f}" if means and not
+                                 any(math.isnan(m) for m in means) else "-")
+            else:
+                cells = [_mean_std(row, f"{BASELINE}/{b}/{target}", spread=False) for b in baselines]
+            gain_text = _mean_std(row, gain)
+            if gain_text != "-" and not gain_text.startswith("-"):
+                gain_text = "+" + gain_text
+            lines.append("| " + " | ".join([label, _mean_std(row, target), *cells, gain_text,
+                                            str(len(row.runs))]) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def to_csv(table: Table) -> str:
@@ -314,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--include-failed", action="store_true",
                         help="also show runs that ended FAILED or KILLED (left out by default)")
+    parser.add_argument("--per-target", action="store_true",
+                        help="also print one table per target: G, each trivial baseline and the gain")
     args = parser.parse_args(argv)
 
     from zxvad.tracking import resolve_uri
@@ -334,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: MLflow at {uri}: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(to_markdown(table))
+    if args.per_target:
+        print("\n" + per_target_markdown(table) + "\n")
     print(provenance(runs))
     paths = write_outputs(table, Path(args.out or Path("compare") / args.experiment), args.by)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

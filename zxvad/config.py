@@ -20,6 +20,8 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "configs"
 BACKBONES = ("resnet50", "resnet152", "densenet161", "alexnet", "mnasnet1_0")
 SHRINKS = ("continuous", "hard")
+MEMORY_QUERIES = ("raw", "centred")
+G_OUTPUTS = ("frame", "residual")
 CRITIC_NORMS = ("batch", "instance", "none")
 ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
 # Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
@@ -48,6 +50,8 @@ class ModelConfig:
     shrink_relative: float = 0.0  # lambda = shrink_relative / K when > 0 (MemAE: 1-3)
     memory_temperature: float = 1.0  # tau: w = softmax(cos / tau); 1 = the paper's literal softmax
     memory_shrink: str = "continuous"  # MemAE's relu(w-l)w/(|w-l|+eps), or "hard": w * [w > l]
+    memory_query: str = "raw"  # address with z ("raw") or z minus its mean over positions ("centred")
+    output: str = "frame"  # G's output: tanh(last layer) ("frame", the paper) or v_T + change ("residual")
     critic_norm: str = "batch"  # norm layers of D and N: batch (pix2pix), instance or none
     disc_width: int = 64  # first PatchGAN level of D and N
     disc_layers: int = 3
@@ -55,6 +59,8 @@ class ModelConfig:
     backbone_seed: int = 0  # R's random init; a checkpoint records it
     backbone_size: int = 0  # R sees donors resized to this square size; 0 = as they come
     mask_threshold: float = 0.1  # varsigma
+    mask_spread: float = 1.0  # k: O's cut is max(varsigma, mean(A) + k std(A))
+    backbone_layer: str = "last"  # R's features: its last stage, or "layer3" (resnets: one earlier)
 
 
 @dataclass
@@ -236,10 +242,17 @@ def _model_checks(m: ModelConfig) -> list[tuple[str, Any, str]]:
          "must lie in [0, model.memory_items) (lambda = shrink_relative / K < 1)"),
         ("model.memory_temperature", m.memory_temperature > 0, "must be positive"),
         ("model.memory_shrink", m.memory_shrink in SHRINKS, f"must be one of {', '.join(SHRINKS)}"),
+        ("model.memory_query", m.memory_query in MEMORY_QUERIES,
+         f"must be one of {', '.join(MEMORY_QUERIES)}"),
+        ("model.output", m.output in G_OUTPUTS, f"must be one of {', '.join(G_OUTPUTS)}"),
         ("model.critic_norm", m.critic_norm in CRITIC_NORMS,
          f"must be one of {', '.join(CRITIC_NORMS)}"),
         ("model.backbone", m.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}"),
         ("model.mask_threshold", 0 <= m.mask_threshold < 1, "must lie in [0, 1)"),
+        ("model.mask_spread", 0 <= m.mask_spread <= 10, "must lie in [0, 10]"),
+        ("model.backbone_layer", m.backbone_layer == "last"
+         or (m.backbone_layer == "layer3" and m.backbone.startswith("resnet")),
+         "must be 'last', or 'layer3' with a resnet backbone"),
         ("model.backbone_size", m.backbone_size == 0 or m.backbone_size >= 32,
          "must be 0 (donor size) or at least 32"),
         ("model.disc_layers", m.disc_layers >= 1, "must be at least 1"),

@@ -97,3 +97,19 @@ def difference_maps(top: list[dict], path: str | Path, title: str = "") -> Path:
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def gain_curve(minutes: list[float], gains: dict[str, list[float]], path: str | Path,
+               title: str = "") -> Path:
+    """G's gain over the best trivial baseline (points) against training minutes, one line a target."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in gains.items():
+        ax.plot(minutes, values, marker="o", linewidth=2.5 if name == "mean" else 1.2, label=name)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axhline(3, color="grey", linewidth=0.8, linestyle="--")  # issue 13's goal
+    ax.set_xlabel("training minutes (wall, evaluations included)")
+    ax.set_ylabel("gain over best baseline (AUC points)")
+    ax.set_title(title or "G minus the best trivial baseline")
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))

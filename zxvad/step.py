@@ -263,7 +263,7 @@ def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, am
                               "mask_area"), zero)
     with torch.no_grad():
         syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
-                         generator=generator, T=cfg.model.T)
+                         generator=generator, T=cfg.model.T, spread=cfg.model.mask_spread)
         state.section("o")
         augmented = state.augment((fake + 1) / 2) * 2 - 1
         state.section("augment")

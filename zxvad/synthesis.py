@@ -109,9 +109,9 @@ def masks_from_features(features: Tensor, size: tuple[int, int], threshold: floa
 
 
 @torch.no_grad()
-def object_masks(R, donors: Tensor, threshold: float = 0.1) -> Tensor:
+def object_masks(R, donors: Tensor, threshold: float = 0.1, spread: float = SPREAD) -> Tensor:
     """Foreground masks M (B, 1, H, W), float 0/1, of donor frames (B, 3, H, W) in [-1, 1]."""
-    return masks_from_features(R(donors), donors.shape[-2:], threshold)
+    return masks_from_features(R(donors), donors.shape[-2:], threshold, spread)
 
 
 def random_boxes(batch: int, height: int, width: int, generator: torch.Generator | None = None,
@@ -205,7 +205,8 @@ def draw(batch: int, T: int, height: int, width: int, generator: torch.Generator
 
 
 def synthesize(clips: Tensor, donors: Tensor, R, threshold: float = 0.1,
-               generator: torch.Generator | None = None, T: int | None = None) -> Synthesis:
+               generator: torch.Generator | None = None, T: int | None = None,
+               spread: float = SPREAD) -> Synthesis:
     """O: paste one donor object onto one input frame per clip.
 
     Args:
@@ -216,11 +217,12 @@ def synthesize(clips: Tensor, donors: Tensor, R, threshold: float = 0.1,
         threshold: varsigma, the floor of the attention threshold.
         generator: random source of the frame choice and the boxes (on any device).
         T: G's input frames, the ones O may paste on; default ``clips.shape[1] - 1``.
+        spread: k of the cut max(varsigma, mean(A) + k std(A)) (see :func:`masks_from_features`).
     """
     count = input_frame_count(clips, T)
     batch, _, _, height, width = clips.shape
     frame_index, boxes = draw(batch, count, height, width, generator, clips.device)
-    object_mask = object_masks(R, donors, threshold)
+    object_mask = object_masks(R, donors, threshold, spread)
     targets = clips[torch.arange(batch, device=clips.device), frame_index]
     pseudo, mask = paste(targets, donors, object_mask, boxes)
     return Synthesis(pseudo, mask, object_mask, boxes, frame_index, float(object_mask.mean()))

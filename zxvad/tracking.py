@@ -418,3 +418,22 @@ def training_runs(experiment: str, uri: str, include_failed: bool = False,
         raise TrackingError(f"MLflow experiment '{experiment}' at {uri} has no run with an AUC "
                             f"metric{child}{failed}")
     return runs
+
+
+def metric_history(uri: str, run_id: str, prefixes: tuple[str, ...]) -> tuple[int, dict[str, list]]:
+    """A run's start time (ms since the epoch) and the history of each metric whose name starts
+    with one of ``prefixes``, as ``[(step, timestamp_ms, value), ...]`` sorted by step.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise TrackingError(f"MLflow run {run_id} not found at {uri} ({err})") from None
+    history = {}
+    for key in run.data.metrics:
+        if key.startswith(prefixes):
+            history[key] = sorted((p.step, p.timestamp, p.value)
+                                  for p in client.get_metric_history(run_id, key))
+    return run.info.start_time, history

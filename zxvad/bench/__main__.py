@@ -1,4 +1,4 @@
-"""``python -m zxvad.bench {model,synthesis,loader,codec,masks,method,step,scale} ...``: one module per benchmark.
+"""``python -m zxvad.bench {model,synthesis,loader,codec,masks,method,step,scale,curve} ...``: one module per benchmark.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
 printed last as one JSON line.
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "method": "a few hundred training steps on real clips: critics, memory, loss balance",
     "step": "one train_step: time, its split by section, memory, FLOPs and TFLOP/s",
     "scale": "a Jester-layout corpus of 1k-20k videos: build linearity, memory, loader, fractions",
+    "curve": "one run's gain over the trivial baselines against training minutes (from MLflow)",
 }
 
 
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         figures = importlib.import_module(f"zxvad.bench.{args.name}").run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # TrackingError too
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(figures))

@@ -294,7 +294,8 @@ class Checks:
         for batch in (self.plan["batch"], 4 * self.plan["batch"]):
             clips, donors = self.bench.synthetic_batch(batch, c.model.T, c.model.image_size,
                                                   self.device, 1)
-            R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size)
+            R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size,
+                               c.model.backbone_layer)
             R_dev = R.to(self.device)
             synthesize(clips, donors, R_dev, generator=torch.Generator(device=self.device).manual_seed(0))
             self.sync()
@@ -304,7 +305,8 @@ class Checks:
                                  generator=torch.Generator(device=self.device).manual_seed(0))
             self.sync()
             out[f"batch_{batch}_ms"] = round((time.perf_counter() - start) / 3 * 1000, 2)
-        cpu_R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size)
+        cpu_R = build_backbone(c.model.backbone, c.model.backbone_seed, c.model.backbone_size,
+                               c.model.backbone_layer)
         from zxvad.synthesis import object_masks
 
         masks_dev = object_masks(R_dev, donors).cpu()

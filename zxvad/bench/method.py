@@ -63,7 +63,8 @@ def run(args) -> dict:
         pred = out.prediction
         from zxvad.synthesis import synthesize
 
-        syn = synthesize(clips, donor_pool[:B], state.R, generator=g, T=T)
+        syn = synthesize(clips, donor_pool[:B], state.R, cfg.model.mask_threshold, generator=g,
+                         T=T, spread=cfg.model.mask_spread)
         augmented = state.augment((pred + 1) / 2) * 2 - 1
         n_mixed = state.N(torch.cat([pred, augmented, syn.frames]))[:B].mean().item()
         n_alone = state.N(pred).mean().item()

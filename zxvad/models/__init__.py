@@ -40,7 +40,8 @@ def build_generator(cfg) -> Generator:
     """G from a :class:`zxvad.config.ModelConfig`."""
     return Generator(T=cfg.T, width=cfg.width, memory_items=cfg.memory_items,
                      memory_dim=cfg.memory_dim, shrink_threshold=shrink_threshold(cfg),
-                     temperature=cfg.memory_temperature, shrink=cfg.memory_shrink)
+                     temperature=cfg.memory_temperature, shrink=cfg.memory_shrink,
+                     query=cfg.memory_query, output=cfg.output)
 
 
 def build_models(cfg) -> Models:
@@ -48,7 +49,8 @@ def build_models(cfg) -> Models:
     return Models(G=build_generator(cfg),
                   D=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers, cfg.critic_norm),
                   N=PatchDiscriminator(3, cfg.disc_width, cfg.disc_layers, cfg.critic_norm),
-                  R=build_backbone(cfg.backbone, cfg.backbone_seed, cfg.backbone_size))
+                  R=build_backbone(cfg.backbone, cfg.backbone_seed, cfg.backbone_size,
+                                   cfg.backbone_layer))
 
 
 def count_parameters(module: nn.Module) -> int:

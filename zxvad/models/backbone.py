@@ -59,13 +59,16 @@ class FrozenBackbone(nn.Module):
         return self.body(x.contiguous(memory_format=torch.channels_last))
 
 
-def build_backbone(name: str = "resnet50", seed: int = 0, input_size: int = 0) -> nn.Module:
+def build_backbone(name: str = "resnet50", seed: int = 0, input_size: int = 0,
+                   layer: str = "last") -> nn.Module:
     """R: the named torchvision CNN with random weights drawn under ``seed``, frozen.
 
     Args:
         name: one of resnet50, resnet152, densenet161, alexnet, mnasnet1_0.
         seed: the same seed gives the same weights; the global RNG is left untouched.
         input_size: if set, inputs are resized to this square size before R (not the weights).
+        layer: "last" (the paper: R's last feature maps) or "layer3" (resnets only: the stage
+            before, twice the resolution; ``python -m zxvad.bench masks`` measures both).
 
     Returns:
         A :class:`FrozenBackbone` mapping (B, 3, H, W) in [-1, 1] to (B, d, h, w) features.
@@ -75,4 +78,8 @@ def build_backbone(name: str = "resnet50", seed: int = 0, input_size: int = 0) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         body = _feature_extractor(name)
+    if layer == "layer3" and name.startswith("resnet"):
+        body = body[:-1]  # drop layer4: the same weights up to layer3, drawn under the same seed
+    elif layer != "last":
+        raise ValueError(f"backbone layer '{layer}': expected 'last', or 'layer3' with a resnet")
     return FrozenBackbone(body, name, seed, input_size)

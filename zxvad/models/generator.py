@@ -28,6 +28,8 @@ class GeneratorOutput(NamedTuple):
 
 
 SHRINKS = ("continuous", "hard")
+QUERIES = ("raw", "centred")
+OUTPUTS = ("frame", "residual")
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -77,13 +79,23 @@ class MemoryModule(nn.Module):
             derivative reaches w / eps at w = lambda; or "hard", w [w > lambda], its eps -> 0
             limit, with derivative 1 on the kept weights and 0 on the others.
         eps: MemAE's epsilon of the continuous shrinkage and of log(0) in the entropy.
+        query: "raw" addresses with z itself (the paper); "centred" with z minus its mean over
+            the sample's positions. G's bottleneck ends in a ReLU, so raw queries all lie in the
+            positive orthant, close to one another in angle: the item nearest that cone wins
+            at every position and the memory collapses to one item. Centring compares each
+            position with the rest of its own frame (no batch statistics, so a clip scores the
+            same alone or in a batch); the read-out z_hat = w' M is unchanged.
     """
 
     def __init__(self, items: int, dim: int, shrink_threshold: float = 0.0005,
-                 temperature: float = 1.0, shrink: str = "continuous", eps: float = 1e-12):
+                 temperature: float = 1.0, shrink: str = "continuous", eps: float = 1e-12,
+                 query: str = "raw"):
         super().__init__()
         if shrink not in SHRINKS:
             raise ValueError(f"shrink '{shrink}': expected one of {', '.join(SHRINKS)}")
+        if query not in QUERIES:
+            raise ValueError(f"query '{query}': expected one of {', '.join(QUERIES)}")
+        self.query = query
         self.shrink_threshold = shrink_threshold
         self.temperature = temperature
         self.shrink = shrink
@@ -115,7 +127,8 @@ class MemoryModule(nn.Module):
             :func:`zxvad.losses.memory_loss` of the weights.
         """
         batch, dim, height, width = z.shape
-        queries = z.permute(0, 2, 3, 1).reshape(-1, dim)
+        q = z - z.mean(dim=(2, 3), keepdim=True) if self.query == "centred" else z
+        queries = q.permute(0, 2, 3, 1).reshape(-1, dim)
         weights = self.address(queries)
         z_hat = (weights @ self.items).reshape(batch, height, width, dim).permute(0, 3, 1, 2)
         return z_hat, weights.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
@@ -130,13 +143,22 @@ class Generator(nn.Module):
         memory_items: K; 0 builds the plain U-Net of Liu et al. without memory.
         memory_dim: Q; must equal 8 * width, the bottleneck channels.
         shrink_threshold: lambda of the memory's hard shrinkage.
-        temperature, shrink: the memory's addressing (see :class:`MemoryModule`).
+        temperature, shrink, query: the memory's addressing (see :class:`MemoryModule`).
+        output: "frame", tanh of the last layer (Liu et al., the paper); or "residual", beyond
+            the paper: v_T plus the last layer, clipped to [-1, 1], with the last layer
+            initialised to zero, so an untrained G repeats the last frame and training learns
+            only the change (the trivial copy_last predictor is G's starting point, not a
+            target it must first learn to reach through the U-Net).
     """
 
     def __init__(self, T: int = 4, width: int = 64, memory_items: int = 2000,
                  memory_dim: int = 512, shrink_threshold: float = 0.0005,
-                 temperature: float = 1.0, shrink: str = "continuous"):
+                 temperature: float = 1.0, shrink: str = "continuous", query: str = "raw",
+                 output: str = "frame"):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output '{output}': expected one of {', '.join(OUTPUTS)}")
+        self.output = output
         if memory_items > 0 and memory_dim != 8 * width:
             raise ValueError(f"memory_dim={memory_dim}: must equal 8 * width = {8 * width} "
                              "(G's bottleneck channels)")
@@ -144,10 +166,14 @@ class Generator(nn.Module):
         w = width
         self.inc = double_conv(3 * T, w)
         self.down1, self.down2, self.down3 = Down(w, 2 * w), Down(2 * w, 4 * w), Down(4 * w, 8 * w)
-        self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold, temperature, shrink)
+        self.memory = (MemoryModule(memory_items, memory_dim, shrink_threshold, temperature, shrink,
+                                    query=query)
                        if memory_items > 0 else None)
         self.up1, self.up2, self.up3 = Up(8 * w, 4 * w), Up(4 * w, 2 * w), Up(2 * w, w)
         self.outc = nn.Conv2d(w, 3, 3, padding=1)
+        if output == "residual":
+            nn.init.zeros_(self.outc.weight)
+            nn.init.zeros_(self.outc.bias)
 
     def forward(self, frames: Tensor) -> GeneratorOutput:
         if frames.dim() != 5 or frames.shape[1] != self.T or frames.shape[2] != 3:
@@ -167,7 +193,11 @@ class Generator(nn.Module):
         x = self.up1(z, x3)
         x = self.up2(x, x2)
         x = self.up3(x, x1)
-        return GeneratorOutput(torch.tanh(self.outc(x)), weights)
+        if self.output == "residual":
+            prediction = (frames[:, -1] + self.outc(x)).clamp(-1, 1)
+        else:
+            prediction = torch.tanh(self.outc(x))
+        return GeneratorOutput(prediction, weights)
 
 
 class PredictionOnly(nn.Module):
