@@ -219,10 +219,10 @@ def to_markdown(table: Table, bold: bool = True) -> str:
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + ".\n"
 
 
-def _mean_std(row: Row, column: str, spread: bool = True) -> str:
+def _mean_std(row: Row, column: str, spread: bool = True, signed: bool = False) -> str:
     if not row.values.get(column):
         return "-"
-    text = f"{100 * row.mean(column):.2f}"
+    text = f"{100 * row.mean(column):{'+' if signed else ''}.2f}"
     return text + (f" ± {100 * row.std(column):.2f}" if spread and len(row.values[column]) > 1 else "")
 
 
@@ -247,11 +247,8 @@ def per_target_markdown(table: Table) -> str:
                                  any(math.isnan(m) for m in means) else "-")
             else:
                 cells = [_mean_std(row, f"{BASELINE}/{b}/{target}", spread=False) for b in baselines]
-            gain_text = _mean_std(row, gain)
-            if gain_text != "-" and not gain_text.startswith("-"):
-                gain_text = "+" + gain_text
-            lines.append("| " + " | ".join([label, _mean_std(row, target), *cells, gain_text,
-                                            str(len(row.runs))]) + " |")
+            lines.append("| " + " | ".join([label, _mean_std(row, target), *cells,
+                                            _mean_std(row, gain, signed=True), str(len(row.runs))]) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
