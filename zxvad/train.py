@@ -258,10 +258,12 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
                                   size=cfg.model.image_size, device=device,
                                   batch_size=cfg.eval.batch_size,
                                   top_frames=cfg.eval.top_frames, progress=False,
-                                  patch_size=cfg.eval.patch_size)
+                                  patch_size=cfg.eval.patch_size,
+                                  smooth_sigma=cfg.eval.smooth_sigma)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
     files = ev.write_report(results, folder / "eval", T=cfg.model.T,
-                            figures=figures, plots=cfg.eval.plots and last)
+                            figures=figures, plots=cfg.eval.plots and last,
+                            smooth_sigma=cfg.eval.smooth_sigma)
     print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
     return results, figures, files
 
