@@ -154,8 +154,16 @@ def beside_checkpoint(checkpoint: str | Path) -> Path | None:
 
 
 def find(checkpoint: str | Path) -> Calibration | None:
-    """The calibration stored with a checkpoint, or None where there is none."""
-    path = beside_checkpoint(checkpoint)
+    """The calibration stored with a checkpoint, an export or an MLflow scoring model; None where
+    there is none."""
+    text = str(checkpoint)
+    if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        from zxvad.serving import served_checkpoint
+
+        folder = served_checkpoint(text)
+        path = folder / CALIBRATION_FILE if folder is not None else None
+    else:
+        path = beside_checkpoint(checkpoint)
     return load(path) if path is not None and path.exists() else None
 
 

@@ -279,30 +279,15 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_generator(self, G: Any, config_file: str | Path, cfg: Config, aucs: dict[str, float]) -> None:
-        """The final G with its config, a signature and an input example; registered if asked.
+        """The final G as a model that serves per-frame scores (:func:`zxvad.serving.log_model`:
+        its code, pinned requirements, a signature); registered if asked.
 
         The registered version carries the AUCs as tags, so the registry alone can rank versions.
         """
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
+        from zxvad.serving import log_model
 
-        from zxvad.models.generator import PredictionOnly
-
-        G = PredictionOnly(G)  # one output tensor, so pyfunc and `mlflow models serve` work
-        m = cfg.model
-        example = torch.zeros(1, m.T, 3, m.image_size, m.image_size)
-        was_training = G.training
-        G.eval()
-        with torch.no_grad():
-            prediction = G(example.to(next(G.parameters()).device)).cpu()
-        G.train(was_training)
         register_as = cfg.tracking.register_as or None
-        # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
-        info = mlflow.pytorch.log_model(G, name=GENERATOR_MODEL, serialization_format="pickle",
-                                        pip_requirements=["torch", "zxvad"], extra_files=[str(config_file)],
-                                        signature=infer_signature(example.numpy(), prediction.numpy()),
-                                        input_example=example.numpy(), registered_model_name=register_as)
+        info = log_model(G, cfg, name=GENERATOR_MODEL, registered_model_name=register_as)
         version = getattr(info, "registered_model_version", None)
         if register_as and version is not None:
             tags = {**{k: f"{v:.6f}" for k, v in aucs.items()}, RUN_NAME_TAG: cfg.tracking.run_name}
