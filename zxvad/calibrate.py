@@ -33,7 +33,7 @@ def source_psnrs(G, source, *, T: int, device: torch.device, batch_size: int = 1
                  ) -> dict[str, np.ndarray]:
     """PSNR of G's and of copy_last's prediction of every frame after the first T of one input."""
     from zxvad.detect import _to_tensor
-    from zxvad.serving import score_windows
+    from zxvad.calibration import score_windows
 
     ring: deque = deque(maxlen=T + 1)
     pending, values = [], {"G": [], "copy_last": []}

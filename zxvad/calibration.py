@@ -158,13 +158,36 @@ def find(checkpoint: str | Path) -> Calibration | None:
     there is none."""
     text = str(checkpoint)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from zxvad.serving import served_checkpoint
+        from zxvad.tracking import served_checkpoint
 
         folder = served_checkpoint(text)
         path = folder / CALIBRATION_FILE if folder is not None else None
     else:
         path = beside_checkpoint(checkpoint)
     return load(path) if path is not None and path.exists() else None
+
+
+def score_windows(G, windows, T: int, calibration=None) -> dict[str, np.ndarray]:
+    """Per window: PSNR (dB) of G's prediction of the last frame and of copy_last's, and with a
+    calibration, G's calibrated score.
+
+    Args:
+        G: called as ``G(frames).prediction``.
+        windows: (B, T+1, 3, S, S) in [-1, 1].
+        calibration: a :class:`zxvad.calibration.Calibration`, or None.
+    """
+    import torch
+
+    from zxvad import scoring
+
+    inputs, target = windows[:, :T], windows[:, T]
+    with torch.no_grad():
+        prediction = G(inputs).prediction
+    out = {"psnr": scoring.psnr(prediction, target).cpu().numpy().astype(np.float64),
+           "copy_last_psnr": scoring.psnr(inputs[:, -1], target).cpu().numpy().astype(np.float64)}
+    if calibration is not None:
+        out["score"] = calibration.scale("G").score(out["psnr"])
+    return out
 
 
 # ----------------------------------------------------------------------------- alarms on labels

@@ -7,8 +7,7 @@ Layout of a checkpoint folder (what ``ray.train.report`` uploads to ``storage_pa
     meta.json     step, R's backbone and seed, and zxvad's checkpoint version
 
 ``load_generator`` also accepts the ``state.pt`` file itself or an MLflow model URI
-(``runs:/<id>/generator``, ``models:/name/1``, ``models:/name@champion``) logged by training or
-by ``python -m zxvad.serving``.
+(``runs:/<id>/generator``, ``models:/name/1``) logged by training.
 """
 
 from __future__ import annotations
@@ -105,15 +104,7 @@ def _load_checkpoint_generator(path: str | Path) -> tuple[torch.nn.Module, confi
 
 def _load_mlflow_generator(uri: str, device) -> tuple[torch.nn.Module, config_lib.Config]:
     from zxvad import tracking
-    from zxvad.serving import served_checkpoint
 
-    try:  # a scoring model (zxvad.serving.log_model) holds a checkpoint folder
-        folder = served_checkpoint(uri)
-    except Exception as err:  # MLflow raises many kinds for a missing run, model or alias
-        raise CheckpointError(f"MLflow model '{uri}': cannot be loaded "
-                              f"({(str(err).splitlines() or [type(err).__name__])[0]})") from None
-    if folder is not None:
-        return _load_checkpoint_generator(folder)
     try:
         G, config_text = tracking.load_generator_model(uri, device, CONFIG_FILE)
     except tracking.TrackingError as err:

@@ -46,7 +46,6 @@ import torch
 from shards.storage import StagedFile, atomic_path, atomic_write
 from zxvad import calibration as calibration_lib
 from zxvad import metrics, scoring
-from zxvad.serving import load_predictor as load_detector
 from zxvad.resources import peak_rss_mb
 from zxvad.video_io import VideoError, VideoSource, VideoWriter
 
@@ -584,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = [load_labels(p) for p in args.labels] if args.labels else [None] * len(args.inputs)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        G, cfg = load_detector(args.checkpoint, device, args.size)
+        from zxvad.serving import load_predictor  # checkpoints, MLflow models and exports
+
+        G, cfg = load_predictor(args.checkpoint, device, args.size)
         calibration = find_calibration(args)
         if calibration is not None and (calibration.T, calibration.image_size) != (
                 cfg.model.T, cfg.model.image_size):

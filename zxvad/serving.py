@@ -9,8 +9,9 @@
   the ``FILE.json`` card beside it (T, image size, config), so no zxvad model code is needed to run
   G, only torch (and onnxruntime for ONNX).
 
-:func:`score_windows` turns windows of frames into per-frame PSNR and calibrated scores: the one
-scoring path that ``zxvad.detect``, ``zxvad.calibrate`` and the MLflow pyfunc model share.
+:func:`log_model` logs G as an MLflow pyfunc model that serves per-frame PSNR and calibrated
+scores (:class:`FrameScorer`); ``python -m zxvad.serving`` logs a checkpoint that way and
+registers it under an alias.
 """
 
 from __future__ import annotations
@@ -81,40 +82,9 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu", size: i
     return G, cfg
 
 
-@torch.no_grad()
-def score_windows(G, windows: torch.Tensor, T: int, calibration=None) -> dict[str, np.ndarray]:
-    """Per window: PSNR (dB) of G's prediction of the last frame and of copy_last's, and with a
-    calibration, G's calibrated score.
-
-    Args:
-        G: called as ``G(frames).prediction``.
-        windows: (B, T+1, 3, S, S) in [-1, 1].
-        calibration: a :class:`zxvad.calibration.Calibration`, or None.
-    """
-    from zxvad import scoring
-
-    inputs, target = windows[:, :T], windows[:, T]
-    out = {"psnr": scoring.psnr(G(inputs).prediction, target).cpu().numpy().astype(np.float64),
-           "copy_last_psnr": scoring.psnr(inputs[:, -1], target).cpu().numpy().astype(np.float64)}
-    if calibration is not None:
-        out["score"] = calibration.scale("G").score(out["psnr"])
-    return out
-
-
 # ----------------------------------------------------------------------------- the MLflow model
 
-CHECKPOINT_ARTIFACT = "checkpoint"  # G's weights, config.yaml and the calibration, if any
 MODEL_NAME = "generator"  # runs:/<run_id>/generator, as training logs it
-
-
-def served_checkpoint(uri: str) -> Path | None:
-    """The checkpoint folder inside an MLflow model logged by :func:`log_model` (downloaded),
-    or None for a model of another kind (e.g. an older run's ``mlflow.pytorch`` model)."""
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    folder = local / "artifacts" / CHECKPOINT_ARTIFACT
-    return folder if folder.is_dir() else None
 
 
 def _requirements() -> list[str]:
@@ -131,10 +101,11 @@ def _requirements() -> list[str]:
 
 
 def write_serving_checkpoint(G: torch.nn.Module, cfg, folder: str | Path, calibration=None) -> Path:
-    """G alone (no D, N or optimizers) as a checkpoint folder ``load_generator`` reads."""
+    """G alone (no D, N or optimizers) as a checkpoint folder ``load_generator`` reads; the
+    config as the checkpoint stores it (no secret in it)."""
     from zxvad.checkpoint import CONFIG_FILE, STATE_FILE
     from zxvad.ddp import unwrap
-    from zxvad.tracking import redacted_config
+    from zxvad.tracking import CHECKPOINT_ARTIFACT, redacted_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,6 +150,8 @@ def log_model(G: torch.nn.Module, cfg, *, name: str = MODEL_NAME, calibration=No
                         ColSpec("double", "copy_last_psnr"), ColSpec("double", "score")]))
     example = np.zeros((m.T + 2, m.image_size, m.image_size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
+        from zxvad.tracking import CHECKPOINT_ARTIFACT
+
         folder = write_serving_checkpoint(G, cfg, Path(tmp) / CHECKPOINT_ARTIFACT, calibration)
         info = mlflow.pyfunc.log_model(
             name=name, python_model=FrameScorer(), artifacts={CHECKPOINT_ARTIFACT: str(folder)},
@@ -210,12 +183,16 @@ class FrameScorer(_PythonModel):
         from zxvad import calibration as calibration_lib
         from zxvad.checkpoint import load_generator
 
+        from zxvad.tracking import CHECKPOINT_ARTIFACT
+
         folder = context.artifacts[CHECKPOINT_ARTIFACT]
         self.G, self.cfg = load_generator(folder, "cpu")
         self.calibration = calibration_lib.find(folder)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
+
+        from zxvad.calibration import score_windows
 
         frames = self._frames(model_input)
         T = self.cfg.model.T

@@ -302,7 +302,11 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
                                             step=step, uri=run.uri)
             if last and run is not None:
                 auc = {k: v for k, v in metrics.items() if k.startswith(("auc/", "auc_gain/"))}
-                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE, job.cfg, auc)
+                from zxvad.serving import log_model  # a pyfunc that serves per-frame scores
+
+                info = log_model(unwrap(state.G), job.cfg,
+                                 registered_model_name=job.cfg.tracking.register_as or None)
+                run.tag_version(job.cfg, info, auc)
             report_ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=report_ckpt)
 
