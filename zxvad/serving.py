@@ -17,6 +17,7 @@ registers it under an alias.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,53 +171,56 @@ except ImportError:  # pragma: no cover
     _PythonModel = object
 
 
-class FrameScorer(_PythonModel):
-    """MLflow pyfunc: a clip of frames in, per-frame PSNR and calibrated score out.
+with warnings.catch_warnings():  # MLflow asks for type hints; the signature is given at logging
+    warnings.filterwarnings("ignore", message=".*type hints.*")
 
-    Input: (N, S, S, 3) uint8 RGB, N >= T+1 consecutive frames of one camera at G's size S
-    (``{"inputs": [...]}`` over HTTP). Output: one row per frame T..N-1: ``frame`` (its index in
-    the clip), ``psnr`` (dB, G's prediction against the frame), ``copy_last_psnr`` (the trivial
-    predictor's), ``score`` (the calibrated score, NaN when the model holds no calibration).
-    """
+    class FrameScorer(_PythonModel):
+        """MLflow pyfunc: a clip of frames in, per-frame PSNR and calibrated score out.
 
-    def load_context(self, context):
-        from zxvad import calibration as calibration_lib
-        from zxvad.checkpoint import load_generator
+        Input: (N, S, S, 3) uint8 RGB, N >= T+1 consecutive frames of one camera at G's size S
+        (``{"inputs": [...]}`` over HTTP). Output: one row per frame T..N-1: ``frame`` (its index in
+        the clip), ``psnr`` (dB, G's prediction against the frame), ``copy_last_psnr`` (the trivial
+        predictor's), ``score`` (the calibrated score, NaN when the model holds no calibration).
+        """
 
-        from zxvad.tracking import CHECKPOINT_ARTIFACT
+        def load_context(self, context):
+            from zxvad import calibration as calibration_lib
+            from zxvad.checkpoint import load_generator
 
-        folder = context.artifacts[CHECKPOINT_ARTIFACT]
-        self.G, self.cfg = load_generator(folder, "cpu")
-        self.calibration = calibration_lib.find(folder)
+            from zxvad.tracking import CHECKPOINT_ARTIFACT
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+            folder = context.artifacts[CHECKPOINT_ARTIFACT]
+            self.G, self.cfg = load_generator(folder, "cpu")
+            self.calibration = calibration_lib.find(folder)
 
-        from zxvad.calibration import score_windows
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
 
-        frames = self._frames(model_input)
-        T = self.cfg.model.T
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        windows = x.unfold(0, T + 1, 1).permute(0, 4, 1, 2, 3)  # (N - T, T+1, 3, S, S)
-        scored = score_windows(self.G, windows.contiguous(), T, self.calibration)
-        score = scored.get("score", np.full(len(scored["psnr"]), np.nan))
-        return pd.DataFrame({"frame": np.arange(T, len(frames)), "psnr": scored["psnr"],
-                             "copy_last_psnr": scored["copy_last_psnr"], "score": score})
+            from zxvad.calibration import score_windows
 
-    def _frames(self, model_input) -> np.ndarray:
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+            frames = self._frames(model_input)
+            T = self.cfg.model.T
+            x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            windows = x.unfold(0, T + 1, 1).permute(0, 4, 1, 2, 3)  # (N - T, T+1, 3, S, S)
+            scored = score_windows(self.G, windows.contiguous(), T, self.calibration)
+            score = scored.get("score", np.full(len(scored["psnr"]), np.nan))
+            return pd.DataFrame({"frame": np.arange(T, len(frames)), "psnr": scored["psnr"],
+                                 "copy_last_psnr": scored["copy_last_psnr"], "score": score})
 
-        m = self.cfg.model
-        frames = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
-        want = f"(N, {m.image_size}, {m.image_size}, 3) uint8 RGB frames with N >= T+1 = {m.T + 1}"
-        if frames.ndim != 4 or frames.shape[1:] != (m.image_size, m.image_size, 3):
-            raise MlflowException(f"frames of shape {frames.shape}: expected {want}",
-                                  error_code=INVALID_PARAMETER_VALUE)
-        if len(frames) < m.T + 1:
-            raise MlflowException(f"{len(frames)} frame(s): expected {want} (G predicts frame T+1 "
-                                  "from the T before it)", error_code=INVALID_PARAMETER_VALUE)
-        return frames.astype(np.uint8)
+        def _frames(self, model_input) -> np.ndarray:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            m = self.cfg.model
+            frames = np.asarray(model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input)
+            want = f"(N, {m.image_size}, {m.image_size}, 3) uint8 RGB frames with N >= T+1 = {m.T + 1}"
+            if frames.ndim != 4 or frames.shape[1:] != (m.image_size, m.image_size, 3):
+                raise MlflowException(f"frames of shape {frames.shape}: expected {want}",
+                                      error_code=INVALID_PARAMETER_VALUE)
+            if len(frames) < m.T + 1:
+                raise MlflowException(f"{len(frames)} frame(s): expected {want} (G predicts frame T+1 "
+                                      "from the T before it)", error_code=INVALID_PARAMETER_VALUE)
+            return frames.astype(np.uint8)
 
 
 def main(argv: list[str] | None = None) -> int:
