@@ -514,8 +514,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default: the checkpoint's eval.batch_size)")
     parser.add_argument("--window", type=int, default=None, metavar="N",
-                        help="normalise scores over the last N frames (live streams; default for "
-                             f"rtsp/rtmp/udp URLs: {LIVE_WINDOW}); otherwise over the whole video")
+                        help="min-max normalise scores over the last N frames, for viewing "
+                             f"(default for rtsp/rtmp/udp URLs without a calibration: {LIVE_WINDOW}); "
+                             "otherwise the calibrated score, or the whole-video min-max")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="mark frames with score >= T and print anomalous segments as time ranges")
     parser.add_argument("--alarm-rate", type=float, default=None, metavar="A",
@@ -617,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                 while name in names:  # two inputs with one stem: keep both
                     name += "_"
                 names.add(name)
-                window = args.window or (LIVE_WINDOW if source.live else None)
+                # a live stream without a calibration is normalised over a sliding window
+                window = args.window or (LIVE_WINDOW if source.live and calibration is None else None)
                 det = detect_video(G, source, T=cfg.model.T, device=device, out_dir=args.out,
                                    batch_size=args.batch_size or cfg.eval.batch_size, window=window,
                                    threshold=threshold, overlay=args.overlay, name=name,
