@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     elif calibration is None:
         print("note: no calibration: scores are min-max normalised per video (or window), so the "
               "worst frame scores 1 whatever happens; run python -m zxvad.calibrate for an "
-              "absolute scale", file=sys.stderr)
+              "absolute scale")  # stdout: stderr holds only errors, one line each
     failed, names, labelled = 0, set(), []
     for number, item in enumerate(args.inputs):
         try:
