@@ -105,6 +105,8 @@ def test_mlflow_serves_the_champion_over_http_and_answers_bad_requests_with_4xx(
     # env manager "local": this machine has no network to build a fresh virtualenv; the model's
     # own code (code_paths) is what the server imports, not an installed zxvad
     env.pop("PYTHONPATH", None)
+    # mlflow starts uvicorn by name: the one beside this interpreter (a venv not on PATH)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
