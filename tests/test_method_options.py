@@ -128,3 +128,7 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
     # the second run reads the packed frames back from the cache
     lab.run(parser.parse_args([*common, "--source", "ped2", "--out", str(tmp_path / "in.json")]))
     assert "packing ped2 test" not in capsys.readouterr().out.split("lab: ped2")[-1]
+    summary = lab.summarise([str(tmp_path / "ti.json"), str(tmp_path / "in.json")])["groups"]
+    assert len(summary) == 2  # one row per source
+    row = next(v for k, v in summary.items() if k.startswith("ti "))["micro_minmax"]
+    assert row["seeds"] == 1 and row["G"][0] == pytest.approx(100 * result["final"]["G"]["micro_minmax"], abs=0.01)

@@ -52,6 +52,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clips", default=str(REAL_CLIPS), help="folder of the real TI clips")
     parser.add_argument("--cache", default="lab-out/cache", help="packed frames are kept here")
     parser.add_argument("--out", default="lab-out/run.json", help="results JSON; the curve PNG beside it")
+    parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
+                        help="train nothing: print mean +- std over the given result files, one row "
+                             "per (source, overrides), for G, each baseline and the gain")
 
 
 # ------------------------------------------------------------------------------- packed frames
@@ -181,7 +184,43 @@ def _line(step: int, minutes: float, fig: dict) -> str:
 # ------------------------------------------------------------------------------- the run
 
 
+def summarise(paths: list[str]) -> dict:
+    """Mean and std over seeds of the final evaluation of lab result files, grouped by
+    (source, overrides); one table per protocol, printed and returned."""
+    import numpy as np
+
+    from zxvad import scoring
+
+    groups: dict[tuple, list[dict]] = {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        key = (result["source"], " ".join(result["overrides"]) or "(preset)")
+        groups.setdefault(key, []).append(result)
+    out = {}
+    for p in scoring.PROTOCOLS:
+        print(f"\n{scoring.PROTOCOL_TITLES[p]}; AUC %, mean +- std over seeds")
+        print(f"{'source':<6} {'config':<28} {'seeds':>5} {'steps':>6} {'G':>14} {'copy_last':>9} "
+              f"{'mean_T':>7} {'linear':>7} {'gain':>14}")
+        for (source, overrides), results in groups.items():
+            g = np.array([100 * r["final"]["G"][p] for r in results])
+            gain = np.array([100 * r["final"]["gain"][p] for r in results])
+            ddof = 1 if len(results) > 1 else 0
+            base = {b: np.mean([100 * r["final"][b][p] for r in results]) for b in scoring.BASELINES}
+            steps = int(np.mean([r["steps"] for r in results]))
+            print(f"{source:<6} {overrides:<28} {len(results):>5} {steps:>6} "
+                  f"{g.mean():8.2f} +-{g.std(ddof=ddof):4.2f} {base['copy_last']:9.2f} {base['mean_T']:7.2f} "
+                  f"{base['linear']:7.2f} {gain.mean():+8.2f} +-{gain.std(ddof=ddof):4.2f}")
+            out.setdefault(f"{source} {overrides}", {})[p] = {
+                "G": [round(float(g.mean()), 2), round(float(g.std(ddof=ddof)), 2)],
+                "gain": [round(float(gain.mean()), 2), round(float(gain.std(ddof=ddof)), 2)],
+                "seeds": len(results), **{b: round(float(v), 2) for b, v in base.items()}}
+    print("std: sample std over seeds (n - 1); gain: G minus the best baseline, in points")
+    return {"benchmark": "lab-summary", "groups": out}
+
+
 def run(args) -> dict:
+    if args.summarise:
+        return summarise(args.summarise)
     import numpy as np
     import torch
 
