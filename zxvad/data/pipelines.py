@@ -92,8 +92,8 @@ def _windows(frames, count: int, extent: int, stride: int):
 @pipeline_def
 def clip_pipeline(infos, size, span, stride, shard_id, num_shards, shuffle_seed, buffer, decoder,
                   windows_per_clip, clip_frames):
-    """``span`` frames (at ``stride``) from a random start: ``(windows, span, C, H, W)`` per clip,
-    and the frames decoded for it.
+    """``span`` frames (at ``stride``) from a random start, ``windows x span`` frames ``(C, H, W)``
+    per clip (one resize for all), and the frames decoded for it.
 
     ``clip_frames`` (every clip's length, 0 when they differ) lets one window stop the decoder
     after its last frame; otherwise the whole clip is decoded and ``windows_per_clip`` windows
@@ -112,14 +112,14 @@ def clip_pipeline(infos, size, span, stride, shard_id, num_shards, shuffle_seed,
         frames = fn.decoders.video(video, device=decoder)
         decoded = frames.shape(device="cpu")[0]
         clips = _windows(frames, windows_per_clip, extent, stride)
-    clips = [_to_float(fn.resize(c, size=list(size)), "FCHW") for c in clips]
-    return fn.stack(*clips), fn.cast(decoded, dtype=types.INT64)
+    frames = fn.cat(*clips) if len(clips) > 1 else clips[0]
+    return _to_float(fn.resize(frames, size=list(size)), "FCHW"), fn.cast(decoded, dtype=types.INT64)
 
 
 @pipeline_def
 def donor_pipeline(infos, size, shard_id, num_shards, shuffle_seed, buffer, decoder,
                    windows_per_clip, clip_frames):
-    """Random frames of each clip, ``(frames, C, H, W)``, and the frames decoded for them."""
+    """``windows_per_clip`` random frames of each clip, ``(frames, C, H, W)``, and the frames decoded."""
     video = _reader(infos, exts=[VIDEO_EXT], shard_id=shard_id, num_shards=num_shards,
                     shuffle=True, seed=shuffle_seed, buffer=buffer)
     if windows_per_clip == 1 and clip_frames:
@@ -131,8 +131,8 @@ def donor_pipeline(infos, size, shard_id, num_shards, shuffle_seed, buffer, deco
         frames = fn.decoders.video(video, device=decoder)
         decoded = frames.shape(device="cpu")[0]
         picked = _windows(frames, windows_per_clip, 1, 1)
-    picked = [_to_float(fn.resize(p, size=list(size)), "FCHW") for p in picked]
-    return fn.cat(*picked), fn.cast(decoded, dtype=types.INT64)
+    frames = fn.cat(*picked) if len(picked) > 1 else picked[0]
+    return _to_float(fn.resize(frames, size=list(size)), "FCHW"), fn.cast(decoded, dtype=types.INT64)
 
 
 @pipeline_def
@@ -190,7 +190,7 @@ class _RandomLoader:
     """
 
     def __init__(self, shards, pipeline, pipe_kwargs, *, batch_size, shard_id, num_shards, seed,
-                 device, threads, shuffle_buffer, windows_per_clip, extent, window_decode):
+                 device, threads, shuffle_buffer, windows_per_clip, extent, window_decode, item_shape):
         _check_rank(shard_id, num_shards)
         if batch_size < 1:
             raise ShardError(f"batch_size {batch_size}: expected >= 1")
@@ -205,6 +205,7 @@ class _RandomLoader:
         if windows_per_clip == 0:  # as many disjoint windows as a clip holds
             windows_per_clip = max(1, clip_frames // extent) if clip_frames else 1
         self.windows_per_clip = windows_per_clip
+        self._item_shape = item_shape  # (T+1,) for a clip, () for a donor frame
         self.pipe = pipeline(
             self.infos, **pipe_kwargs, shard_id=shard_id, num_shards=num_shards, shuffle_seed=seed,
             buffer=shuffle_buffer, decoder=self.decoder, windows_per_clip=windows_per_clip,
@@ -231,9 +232,8 @@ class _RandomLoader:
                 self.frames_decoded += int(decoded.sum())
                 clips = torch.arange(self.clips_decoded, self.clips_decoded + len(x))
                 self.clips_decoded += len(x)
-                per_clip = x.shape[1]
-                yield (to_device(x.flatten(0, 1), self.device),
-                       clips.repeat_interleave(per_clip))
+                x = x.view(-1, *self._item_shape, *x.shape[-3:])  # (B * windows, [T+1,] C, H, W)
+                yield to_device(x, self.device), clips.repeat_interleave(len(x) // len(clips))
             self.epoch += 1
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -290,7 +290,8 @@ class ClipLoader(_RandomLoader):
         super().__init__(shards, clip_pipeline, dict(size=tuple(size), span=clip_len, stride=stride),
                          batch_size=batch_size, shard_id=shard_id, num_shards=num_shards, seed=seed,
                          device=device, threads=threads, shuffle_buffer=shuffle_buffer,
-                         windows_per_clip=windows_per_clip, extent=span, window_decode=window_decode)
+                         windows_per_clip=windows_per_clip, extent=span, window_decode=window_decode,
+                         item_shape=(clip_len,))
         for info in self.infos:
             if info.first.num_frames < span:
                 raise ShardError(f"shard {info.path}: clips hold {info.first.num_frames} frames, fewer "
@@ -313,7 +314,8 @@ class DonorLoader(_RandomLoader):
         super().__init__(shards, donor_pipeline, dict(size=tuple(size)), batch_size=batch_size,
                          shard_id=shard_id, num_shards=num_shards, seed=seed, device=device,
                          threads=threads, shuffle_buffer=shuffle_buffer,
-                         windows_per_clip=max(1, windows_per_clip), extent=1, window_decode=window_decode)
+                         windows_per_clip=max(1, windows_per_clip), extent=1, window_decode=window_decode,
+                         item_shape=())
 
 
 # -- ordered evaluation ---------------------------------------------------------------------------------
