@@ -65,6 +65,11 @@ def _random_below(n):
     return draw % n
 
 
+def _resized(frames, size, stored):
+    """``frames`` at ``size``; frames stored at that size skip the resize (a copy per frame)."""
+    return frames if stored and tuple(stored) == tuple(size) else fn.resize(frames, size=list(size))
+
+
 def _to_float(frames, layout: str):
     """uint8 HWC frames -> float in [-1, 1], channels first."""
     return fn.crop_mirror_normalize(frames, dtype=types.FLOAT, mean=[127.5] * 3, std=[127.5] * 3,
@@ -91,7 +96,7 @@ def _windows(frames, count: int, extent: int, stride: int):
 
 @pipeline_def
 def clip_pipeline(infos, size, span, stride, shard_id, num_shards, shuffle_seed, buffer, decoder,
-                  windows_per_clip, clip_frames):
+                  windows_per_clip, clip_frames, stored_size):
     """``span`` frames (at ``stride``) from a random start, ``windows x span`` frames ``(C, H, W)``
     per clip (one resize for all), and the frames decoded for it.
 
@@ -113,12 +118,12 @@ def clip_pipeline(infos, size, span, stride, shard_id, num_shards, shuffle_seed,
         decoded = frames.shape(device="cpu")[0]
         clips = _windows(frames, windows_per_clip, extent, stride)
     frames = fn.cat(*clips) if len(clips) > 1 else clips[0]
-    return _to_float(fn.resize(frames, size=list(size)), "FCHW"), fn.cast(decoded, dtype=types.INT64)
+    return _to_float(_resized(frames, size, stored_size), "FCHW"), fn.cast(decoded, dtype=types.INT64)
 
 
 @pipeline_def
 def donor_pipeline(infos, size, shard_id, num_shards, shuffle_seed, buffer, decoder,
-                   windows_per_clip, clip_frames):
+                   windows_per_clip, clip_frames, stored_size):
     """``windows_per_clip`` random frames of each clip, ``(frames, C, H, W)``, and the frames decoded."""
     video = _reader(infos, exts=[VIDEO_EXT], shard_id=shard_id, num_shards=num_shards,
                     shuffle=True, seed=shuffle_seed, buffer=buffer)
@@ -132,7 +137,7 @@ def donor_pipeline(infos, size, shard_id, num_shards, shuffle_seed, buffer, deco
         decoded = frames.shape(device="cpu")[0]
         picked = _windows(frames, windows_per_clip, 1, 1)
     frames = fn.cat(*picked) if len(picked) > 1 else picked[0]
-    return _to_float(fn.resize(frames, size=list(size)), "FCHW"), fn.cast(decoded, dtype=types.INT64)
+    return _to_float(_resized(frames, size, stored_size), "FCHW"), fn.cast(decoded, dtype=types.INT64)
 
 
 @pipeline_def
@@ -181,6 +186,12 @@ def uniform_clip_frames(infos: list[ShardInfo]) -> int:
     return 0
 
 
+def stored_size(infos: list[ShardInfo]) -> tuple[int, int] | None:
+    """The (H, W) every clip of the set is stored at, or None when shards differ."""
+    sizes = {tuple(i.first.size) for i in infos}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 class _RandomLoader:
     """What ClipLoader and DonorLoader share: a shuffled, padded DALI pipeline iterated forever.
 
@@ -209,7 +220,8 @@ class _RandomLoader:
         self.pipe = pipeline(
             self.infos, **pipe_kwargs, shard_id=shard_id, num_shards=num_shards, shuffle_seed=seed,
             buffer=shuffle_buffer, decoder=self.decoder, windows_per_clip=windows_per_clip,
-            clip_frames=clip_frames, batch_size=batch_size, num_threads=threads, device_id=device_id,
+            clip_frames=clip_frames, stored_size=stored_size(self.infos), batch_size=batch_size,
+            num_threads=threads, device_id=device_id,
             seed=(seed * 7919 + shard_id) % 2**31)  # ranks draw different starts
         total = sum(i.samples for i in self.infos)
         self.part_size = _part_size(total, shard_id, num_shards)
