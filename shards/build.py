@@ -155,8 +155,8 @@ def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple
             yield resize_frame(rgb, tuple(opt["size"]), opt["codec"])
 
     if clean:  # repeated frames left out, no clip across a cut (the shorter rest is dropped)
-        stream = windows.clean_frames(resized(), to_rgb, clean["cut_db"], clean["duplicate_db"],
-                                      clean["spike_db"], counts=result.setdefault("clean", {}))
+        stream = windows.clean_frames(resized(), to_rgb, clean["cut_db"], clean["spike_db"],
+                                      counts=result.setdefault("clean", {}))
     else:
         stream = ((i, frame, False) for i, frame in enumerate(resized()))
     for index, frame, new_segment in stream:
@@ -344,7 +344,7 @@ def _clean_thresholds(split: str, on: bool) -> dict[str, float] | None:
     """The clean-window thresholds a training set is built with (None: off, or a test set)."""
     if split != "train" or not on:
         return None
-    return {"duplicate_db": windows.DUPLICATE_DB, "cut_db": windows.CUT_DB, "spike_db": windows.SPIKE_DB}
+    return {"cut_db": windows.CUT_DB, "spike_db": windows.SPIKE_DB}
 
 
 def _publish_manifest(sink, manifest: dict[str, Any], root: str | Path, prefix: str) -> dict[str, Any]:
@@ -635,8 +635,8 @@ def summary(manifest: dict[str, Any]) -> str:
     clean = options.get("clean_windows")
     if clean:
         lines.append(f"clean windows: {run.get('duplicates', 0)} repeated frames left out, "
-                     f"{run.get('cuts', 0)} cuts split (steps above {clean['duplicate_db']:g} dB or "
-                     f"{clean['spike_db']:g} dB above a neighbour, below {clean['cut_db']:g} dB)")
+                     f"{run.get('cuts', 0)} cuts split (steps over {clean['spike_db']:g} dB above a "
+                     f"neighbouring step, or below {clean['cut_db']:g} dB)")
     lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"][:SKIPPED_SHOWN]]
     if len(manifest["skipped"]) > SKIPPED_SHOWN:  # a Jester-sized build can skip thousands
         lines.append(f"... and {len(manifest['skipped']) - SKIPPED_SHOWN} more skipped (see manifest.json)")

@@ -1,18 +1,19 @@
 """Clean training windows: no repeated frames, no scene cuts.
 
-Future-frame prediction learns motion from consecutive frames. Real TI footage holds exact
-duplicates (frame-rate conversion: PSNR far above any real change) and scene cuts (PSNR near
-that of unrelated images); a window holding either teaches G that the next frame is a copy or a
-new scene. ``transition_psnr`` measures each step between consecutive frames; ``clean_starts``
-marks the window starts whose every step lies inside [low, high] dB; ``clean_frames`` drops
-repeated frames and marks cuts in a stream of frames, as ``shards.build --clean-windows`` does.
+Future-frame prediction learns motion from consecutive frames. Real TI footage holds repeated
+frames (frame-rate conversion) and scene cuts; a window holding either teaches G that the next
+frame is a copy between moving ones, or an unrelated picture. ``transition_psnr`` measures each
+step between consecutive frames, ``step_kind`` judges one, ``clean_starts`` marks the window
+starts whose every step is fine, and ``clean_frames`` drops repeated frames and marks cuts in a
+stream of frames, as ``shards.build --clean-windows`` does.
 
 The thresholds are measured (``python -m shards.windows``; docs/ped2-and-clean-windows.md): at
 64x64 and 128x128, every step of Ped2's 16 training videos lies in 32.5-45.9 dB; the cuts in
-the real clips lie at 7.9-12.4 dB and their fastest real motion at 13.4 dB; a repeated frame of
+the real clips lie at 7.9-12.4 dB and their fastest real motion at 13.4 dB. A repeated frame of
 lossy, frame-rate-converted TI footage reads 50-63 dB, inside the range of real slow motion
-(NTU-like clip: 43-61 dB), but 17 dB or more above the steps beside it, where real motion never
-rose more than 10.2 dB above a neighbouring step.
+(NTU-like clip: 43-61 dB), but 17 dB or more above the smaller step beside it, where real motion
+never rose more than 10.2 dB. A still shot (a run of equal steps, however high) is kept: where
+nothing moves, the next frame is the last one.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-DUPLICATE_DB = 65.0  # above: a repeated (or all but repeated) frame
 CUT_DB = 13.0  # below: a scene cut
-SPIKE_DB = 14.0  # this far above the smaller neighbouring step: a repeated frame between moving ones
-
+SPIKE_DB = 14.0  # this far above the smaller neighbouring step: a frame repeated between moving ones
 
 def transition_psnr(frames: np.ndarray) -> np.ndarray:
     """PSNR in dB between each pair of consecutive frames (uint8, (N, H, W[, C])); (N-1,).
@@ -42,8 +41,9 @@ def transition_psnr(frames: np.ndarray) -> np.ndarray:
 
 
 def clean_starts(step_psnr: np.ndarray, window: int, low: float = CUT_DB,
-                 high: float = DUPLICATE_DB) -> np.ndarray:
-    """Bool mask over window starts 0..N-window: True where all window-1 steps lie in [low, high].
+                 spike: float = SPIKE_DB) -> np.ndarray:
+    """Bool mask over window starts 0..N-window: True where no step of the window is a repeat
+    or a cut (:func:`step_kind`).
 
     Args:
         step_psnr: (N-1,) from :func:`transition_psnr`.
@@ -54,9 +54,9 @@ def clean_starts(step_psnr: np.ndarray, window: int, low: float = CUT_DB,
     n = len(step_psnr) + 1
     if n < window:
         return np.zeros(0, dtype=bool)
-    bad = ~((step_psnr >= low) & (step_psnr <= high))
     if window == 1:
         return np.ones(n, dtype=bool)
+    bad = np.array([step_kind(step_psnr, j, low, spike) != OK for j in range(n - 1)], dtype=bool)
     counts = np.concatenate([[0], np.cumsum(bad)])
     return (counts[window - 1:] - counts[:n - window + 1]) == 0
 
@@ -64,24 +64,21 @@ def clean_starts(step_psnr: np.ndarray, window: int, low: float = CUT_DB,
 OK, DUPLICATE, CUT = 0, 1, 2
 
 
-def step_kind(steps, j: int, low: float = CUT_DB, high: float = DUPLICATE_DB,
-              spike: float = SPIKE_DB) -> int:
+def step_kind(steps, j: int, low: float = CUT_DB, spike: float = SPIKE_DB) -> int:
     """:data:`OK`, :data:`DUPLICATE` or :data:`CUT` for step ``j`` of ``steps`` (dB).
 
-    A cut lies below ``low``; a repeat lies above ``high``, or more than ``spike`` above the
-    smaller of its neighbouring steps that are not cuts (a stutter: the frames around it move).
+    A cut lies below ``low``; a repeat lies more than ``spike`` above the smaller of its
+    neighbouring steps that are not cuts (a stutter: the frames around it move).
     """
     p = steps[j]
     if p < low:
         return CUT
-    if p > high:
-        return DUPLICATE
     beside = [steps[k] for k in (j - 1, j + 1) if 0 <= k < len(steps) and steps[k] >= low]
     return DUPLICATE if beside and p - min(beside) > spike else OK
 
 
 def clean_frames(frames: Iterable[Any], rgb: Callable[[Any], np.ndarray], low: float = CUT_DB,
-                 high: float = DUPLICATE_DB, spike: float = SPIKE_DB,
+                 spike: float = SPIKE_DB,
                  counts: dict[str, int] | None = None) -> Iterator[tuple[int, Any, bool]]:
     """``(index, frame, starts_segment)`` for every frame a clean clip may hold, streamed.
 
@@ -100,7 +97,7 @@ def clean_frames(frames: Iterable[Any], rgb: Callable[[Any], np.ndarray], low: f
 
     def judge(j: int) -> tuple[int, Any, bool] | None:
         index, frame = held.popleft()
-        kind = step_kind(steps, j, low, high, spike)
+        kind = step_kind(steps, j, low, spike)
         if kind == DUPLICATE:
             tally["duplicates"] += 1
             return None
@@ -128,7 +125,7 @@ def clean_frames(frames: Iterable[Any], rgb: Callable[[Any], np.ndarray], low: f
 
 # ------------------------------------------------------------------ measurement (CLI)
 
-HISTOGRAM_EDGES = (0, 10, 14, 18, 22, 26, 30, 35, 40, 45, 50, 55, 60, 70, 80, 99.99, 101)
+HISTOGRAM_EDGES = (0, 10, 13, 16, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 80, 99.99, 101)
 
 
 def stored_frames(video, size: tuple[int, int]) -> np.ndarray:
@@ -183,7 +180,6 @@ def main(argv=None) -> int:
     import json
     import sys
 
-    from shards.build import BuildError, parse_size
     from shards.readers import ReaderError
 
     p = argparse.ArgumentParser(prog="python -m shards.windows", description=(
@@ -196,8 +192,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write every transition's PSNR here")
     args = p.parse_args(argv)
     try:
-        rows = measure(args.dataset, args.root, args.split, [parse_size(s) for s in args.sizes.split(",")])
-    except (BuildError, ReaderError) as e:
+        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
+        if any(len(size) != 2 or min(size) < 2 or any(x % 2 for x in size) for size in sizes):
+            raise ValueError
+    except ValueError:
+        print(f"error: --sizes {args.sizes!r}: expected HxW[,HxW...] with even numbers, e.g. 64x64,128x128",
+              file=sys.stderr)
+        return 2
+    try:
+        rows = measure(args.dataset, args.root, args.split, sizes)
+    except ReaderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report(rows))

@@ -67,8 +67,7 @@ def test_no_stored_clip_holds_a_repeated_frame_or_spans_a_cut(tmp_path):
     manifest = build("videofolder", root, tmp_path / "clean", split="train", clip_len=8,
                      size=(SIDE, SIDE), progress=False)
     clean = stored_clips(tmp_path / "clean")
-    assert manifest["options"]["clean_windows"] == {"duplicate_db": windows.DUPLICATE_DB,
-                                                   "cut_db": windows.CUT_DB, "spike_db": windows.SPIKE_DB}
+    assert manifest["options"]["clean_windows"] == {"cut_db": windows.CUT_DB, "spike_db": windows.SPIKE_DB}
     assert manifest["run"]["duplicates"] == 1 and manifest["run"]["cuts"] == 1
     # frames 0..24 without the repeat (24 frames: 3 clips), then 25..32; the rest is too short
     assert clean == [list(range(0, 8)), [8, 9, 10, 11, 13, 14, 15, 16], list(range(17, 25)),
@@ -102,14 +101,18 @@ def test_test_sets_keep_every_frame_and_the_cli_switches_it_off(tmp_path):
     assert "clean windows: 1 repeated frames left out, 1 cuts split" in proc.stdout
 
 
-def test_a_stutter_is_a_repeat_but_smooth_slow_motion_is_not():
+def test_a_stutter_is_a_repeat_but_slow_motion_and_a_still_shot_are_not():
     # frame doubling of lossy footage: every other step near 55 dB between real steps near 25 dB
     doubled = np.array([25, 55, 26, 56, 24, 57, 56, 25, 54, 27], dtype=float)
     assert [windows.step_kind(doubled, j) for j in range(len(doubled))] == [0, 1, 0, 1, 0, 1, 1, 0, 1, 0]
     slow = np.array([52, 54, 55, 57, 59, 61, 60, 58], dtype=float)  # a person barely moving
     assert all(windows.step_kind(slow, j) == windows.OK for j in range(len(slow)))
+    still = np.array([30, 100, 100, 100, 100, 100], dtype=float)  # motion, then nothing moves
+    assert [windows.step_kind(still, j) for j in range(len(still))] == [0, 1, 0, 0, 0, 0]
     # a cut beside a step does not make that step a spike
     assert windows.step_kind(np.array([30, 9, 31, 30.0]), 2) == windows.OK
+    assert windows.clean_starts(doubled, 3).tolist() == [False] * 9
+    assert windows.clean_starts(slow, 3).all()
 
 
 def test_real_clips_repeats_and_cuts_are_found_and_their_slow_motion_kept(real_clips):
