@@ -26,6 +26,7 @@ import numpy as np
 CUT_DB = 13.0  # below: a scene cut
 SPIKE_DB = 14.0  # this far above the smaller neighbouring step: a frame repeated between moving ones
 
+
 def transition_psnr(frames: np.ndarray) -> np.ndarray:
     """PSNR in dB between each pair of consecutive frames (uint8, (N, H, W[, C])); (N-1,).
 
