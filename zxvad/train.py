@@ -258,10 +258,12 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
                                   size=cfg.model.image_size, device=device,
                                   batch_size=cfg.eval.batch_size,
                                   top_frames=cfg.eval.top_frames, progress=False,
-                                  patch_size=cfg.eval.patch_size)
+                                  patch_size=cfg.eval.patch_size,
+                                  smooth_sigma=cfg.eval.smooth_sigma)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
     files = ev.write_report(results, folder / "eval", T=cfg.model.T,
-                            figures=figures, plots=cfg.eval.plots and last)
+                            figures=figures, plots=cfg.eval.plots and last,
+                            smooth_sigma=cfg.eval.smooth_sigma)
     print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
     return results, figures, files
 
@@ -300,7 +302,11 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
                                             step=step, uri=run.uri)
             if last and run is not None:
                 auc = {k: v for k, v in metrics.items() if k.startswith(("auc/", "auc_gain/"))}
-                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE, job.cfg, auc)
+                from zxvad.serving import log_model  # a pyfunc that serves per-frame scores
+
+                info = log_model(unwrap(state.G), job.cfg,
+                                 registered_model_name=job.cfg.tracking.register_as or None)
+                run.tag_version(job.cfg, info, auc)
             report_ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=report_ckpt)
 
