@@ -50,6 +50,10 @@ TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the fram
 # Measured with `python -m zxvad.bench codec` (README): `high` shifts real clips' consecutive-frame
 # PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
 TRAIN_QUALITY = "lossless"
+# One keyframe per clip, on its first frame, unless asked: each clip decodes on its own (it is its
+# own file), and denser keyframes buy DALI 2.4 nothing inside a 16-frame clip (its decoder reads
+# forward from the first frame unless it leaps over 10 frames) while costing 3-48 % more bytes
+# at 4 frames apart (docs/loader.md).
 FIDELITY_SAMPLE = 0.02  # clips decoded again per build, by key hash
 SKIPPED_SHOWN = 20  # skipped inputs listed after a build; all of them are in the manifest
 
@@ -135,7 +139,7 @@ def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple
 
     def encode(frames: list, start: int) -> None:
         began = time.perf_counter()
-        data = encode_clip(frames, opt["codec"], fps, opt["quality"])
+        data = encode_clip(frames, opt["codec"], fps, opt["quality"], opt.get("keyframe_interval", 0))
         result["encode_seconds"] += time.perf_counter() - began
         if _sampled(opt, video.video_id, start):
             try:
@@ -266,7 +270,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
           workers: int = 1, seed: int = 0, max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
           prefix: str | None = None, use_ray: bool = False, progress: bool = True, list_split: int = 1,
           work_dir: str | Path | None = None, skip_bad_test_videos: bool = False,
-          clean_windows: bool = True) -> dict[str, Any]:
+          clean_windows: bool = True, keyframe_interval: int | None = None) -> dict[str, Any]:
     """Shard a dataset split into ``out`` (a folder or ``s3://bucket/prefix``); resumable.
 
     Args:
@@ -296,6 +300,8 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
         clean_windows: training sets: leave out repeated frames and start a new clip after a
             scene cut (``shards.windows``; its thresholds go into the manifest). Test sets keep
             every frame.
+        keyframe_interval: VP9 frames between keyframes inside a clip (recorded in the manifest;
+            MJPEG's are all keyframes: 1); None: ``clip_len``, the clip's first frame only.
 
     Returns:
         The manifest (as written to ``manifest.json``) plus ``"run"``: statistics of this run.
@@ -306,6 +312,12 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     """
     started = time.time()
     quality = quality or default_quality(split, codec)
+    if keyframe_interval is None:
+        keyframe_interval = clip_len
+    if codec == "mjpeg":
+        keyframe_interval = 1
+    if keyframe_interval < 1:
+        raise BuildError(f"keyframe_interval {keyframe_interval!r}: expected at least 1")
     size = _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample,
                           fraction, workers, max_samples, max_bytes)
     prefix = prefix or f"{dataset}-{split}"
@@ -314,7 +326,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
                "overlap": overlap, "size": list(size), "codec": codec, "quality": quality,
                "fidelity_sample": fidelity_sample, "fraction": fraction, "seed": seed,
                "max_samples": max_samples, "max_bytes": max_bytes, "prefix": prefix, "video_ext": VIDEO_EXT,
-               "clean_windows": _clean_thresholds(split, clean_windows)}
+               "clean_windows": _clean_thresholds(split, clean_windows), "keyframe_interval": keyframe_interval}
     header = {"format_version": FORMAT_VERSION, "dataset": dataset, "split": split, "options": options}
     sink = open_sink(out, work_dir)
     run = {"seconds": 0.0, "frames_decoded": 0, "frames_per_second": 0.0, "encode_seconds": 0.0,
@@ -328,7 +340,7 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap, "size": list(size),
            "codec": codec, "quality": quality, "fidelity_sample": fidelity_sample,
            "always_check": tasks.video(0).video_id, "skip_bad_test": skip_bad_test_videos,
-           "clean_windows": options["clean_windows"]}
+           "clean_windows": options["clean_windows"], "keyframe_interval": keyframe_interval}
     _encode_all(writer, writer.work(opt), len(tasks), workers=workers, use_ray=use_ray, run=run,
                 bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
                          dynamic_ncols=True))
@@ -679,6 +691,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--clean-windows", action=argparse.BooleanOptionalAction, default=True,
                    help="training sets: leave out repeated frames and split clips at scene cuts "
                         "(thresholds in shards/windows.py, recorded in manifest.json)")
+    p.add_argument("--keyframe-interval", type=int, default=None,
+                   help="VP9 frames between keyframes in a clip (default: the clip length, one per clip)")
     p.add_argument("--skip-bad-test-videos", action="store_true",
                    help="test sets: list an unreadable or truncated labelled video as skipped instead of stopping")
     args = p.parse_args(argv)
@@ -689,7 +703,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                          max_samples=args.max_samples, max_bytes=parse_bytes(args.max_bytes),
                          prefix=args.prefix, use_ray=args.ray, progress=not args.quiet,
                          list_split=args.list_split, work_dir=args.work_dir,
-                         skip_bad_test_videos=args.skip_bad_test_videos, clean_windows=args.clean_windows)
+                         skip_bad_test_videos=args.skip_bad_test_videos, clean_windows=args.clean_windows,
+                         keyframe_interval=args.keyframe_interval)
     except (BuildError, readers.ReaderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -97,6 +97,34 @@ def test_encode_clip_keeps_every_frame_and_its_content(codec):
     assert np.max(np.abs(np.array(means) - expected)) < 6
 
 
+def _keyframes(data: bytes) -> list[int]:
+    with av.open(io.BytesIO(data)) as container:
+        return [i for i, packet in enumerate(container.demux(video=0)) if packet.size and packet.is_keyframe]
+
+
+def test_keyframe_interval_places_keyframes_exactly():
+    from layouts import make_frame
+    frames = [resize_frame(make_frame(i, (48, 64)), (32, 48), "vp9") for i in range(16)]
+    assert _keyframes(encode_clip(frames, "vp9", quality="lossless")) == [0]  # the clip decodes alone
+    assert _keyframes(encode_clip(frames, "vp9", quality="lossless", keyframe_interval=4)) == [0, 4, 8, 12]
+    assert _keyframes(encode_clip(frames, "vp9", quality="high", keyframe_interval=16)) == [0]
+
+
+def test_manifest_records_the_keyframe_interval(tmp_path):
+    from helpers import frame_folders
+    root = frame_folders(tmp_path / "videos", [10, 10], labelled=False)
+    manifest = build("videofolder", root, tmp_path / "a", clip_len=8, size=(16, 16), progress=False)
+    assert manifest["options"]["keyframe_interval"] == 8  # one keyframe per clip by default
+    manifest = build("videofolder", root, tmp_path / "b", clip_len=8, size=(16, 16), progress=False,
+                     keyframe_interval=2)
+    assert manifest["options"]["keyframe_interval"] == 2
+    tar = tarfile.open(tmp_path / "b" / manifest["shards"][0]["name"])
+    clip = next(m for m in tar if m.name.endswith("." + VIDEO_EXT))
+    assert _keyframes(tar.extractfile(clip).read()) == [0, 2, 4, 6]
+    with pytest.raises(BuildError, match="keyframe_interval 0"):
+        build("videofolder", root, tmp_path / "c", clip_len=8, size=(16, 16), progress=False, keyframe_interval=0)
+
+
 def test_write_tar_writes_what_webdataset_tarwriter_writes_without_importing_torch(tmp_path):
     samples = [(f"k{i}", [(VIDEO_EXT, os.urandom(100 + 700 * i)), ("json", b"{}")]) for i in range(3)]
     samples.append(("k_" + "x" * 150, [("json", b"{}"), (VIDEO_EXT, os.urandom(999))]))  # a GNU long name

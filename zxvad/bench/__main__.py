@@ -12,7 +12,7 @@ import sys
 BENCHMARKS = {
     "model": "G's parameters, GMACs and checkpoint MB at a preset's size",
     "synthesis": "batched pseudo-anomaly synthesis O against a per-sample loop",
-    "loader": "DALI clip pipeline against a PyAV DataLoader baseline",
+    "loader": "training loaders before and after decoding only what a batch uses (clips/s, frames decoded)",
     "codec": "bytes, speed and fidelity of each codec/quality, read back through DALI",
     "baselines": "the trivial predictors' AUC on labelled test shards under every protocol",
     "masks": "how well O's object masks cover the moving objects of a fixed-camera clip",
