@@ -163,7 +163,7 @@ class TrainJob:
 class _Progress:
     """The live line: step, main losses, steps/s and ETA (rank 0; Ray streams it to the driver)."""
 
-    KEYS = ("l_rec", "l_g", "l_d", "l_n_total", "mask_area")
+    KEYS = ("l_rec", "l_g", "l_d", "l_n_total", "mask_area", "data_wait_share")
 
     def __init__(self, total: int, start: int):
         self.total, self.start, self.began = total, start, time.perf_counter()
@@ -245,8 +245,9 @@ def _loaders(job: TrainJob, step: int, rank: int, world: int, device: torch.devi
                   shuffle_buffer=cfg.data.shuffle_buffer)
     # A resumed run reshuffles with a new seed so it does not replay the same clips.
     seed = cfg.data.seed + 7919 * step
-    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
-    donors = DonorLoader(job.inputs.donors, seed=seed + 1, **common)
+    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed,
+                       windows_per_clip=cfg.data.windows_per_clip, **common)
+    donors = DonorLoader(job.inputs.donors, seed=seed + 1, windows_per_clip=clips.windows_per_clip, **common)
     return iter(clips), iter(donors)
 
 
@@ -319,6 +320,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from zxvad import tracking
     from zxvad.ddp import wrap_trained
+    from zxvad.feeding import StepTimer, device_sync
     from zxvad.step import build_state, train_step
 
     job: TrainJob = loop_config["job"]
@@ -338,8 +340,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if run and resumed:  # the run's history shows every restart and its step
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = _Progress(cfg.train.steps, state.step)
+    timer = StepTimer()
     while state.step < cfg.train.steps:
-        with data_errors_classified(job.inputs):
+        with data_errors_classified(job.inputs), timer.fetch():
             batch, donor = next(clips), next(donors)
         # lazy: the loss floats come back (one host sync) only at log and checkpoint steps
         losses = train_step(state, batch, donor)
@@ -348,6 +351,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0 and (step % cfg.train.log_every == 0 or last):
             losses["steps_per_s"] = progress.rate(step)
             losses["worker_peak_rss_mb"] = peak_rss_mb()
+            losses.update(timer.summary(device_sync(device)))  # data wait vs compute per step
             print(progress.line(step, losses), flush=True)
             if run:
                 run.log_metrics(losses, step)
@@ -355,6 +359,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last or bool(cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
         if last or step % cfg.train.checkpoint_every == 0 or evaluate_now:
             _save_and_report(job, state, losses, device, run, evaluate_now, last)
+            timer.restart()  # a checkpoint or evaluation is neither data wait nor step compute
     if run:
         run.close()
 
@@ -386,6 +391,8 @@ def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, v
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from zxvad.feeding import worker_resources
+
     cfg = job.cfg
     path, filesystem = storage(cfg)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
@@ -395,7 +402,8 @@ def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, v
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=None if cfg.train.use_gpu else {"CPU": 1}),
+                                     resources_per_worker=worker_resources(cfg.train.cpus_per_worker,
+                                                                           cfg.data.loader_threads, cfg.train.use_gpu)),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=filesystem,
             checkpoint_config=checkpoint_config(cfg, best_mode),
