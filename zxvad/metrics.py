@@ -20,8 +20,7 @@ from typing import Mapping, Protocol
 
 from zxvad.scoring import BASELINES
 
-AUC, BASELINE, GAIN, MEAN = "auc", "auc_baseline", "auc_gain", "mean"
-PATCH, PATCH_BASELINE, PATCH_GAIN = "auc_patch", "auc_patch_baseline", "auc_patch_gain"
+from zxvad.names import AUC, BASELINE, GAIN, MEAN, PATCH, PATCH_BASELINE, PATCH_GAIN  # noqa: F401 (re-exported)
 
 
 class Scored(Protocol):
