@@ -6,7 +6,7 @@ the parent spools the clips per hash bucket -> shuffles a finished bucket (train
 keeps video order (test sets) -> writes ``PREFIX-%06d.tar`` + DALI index -> ``manifest.json``.
 
 Fidelity is an explicit ``quality``: test and training sets are stored lossless by default (the
-README's codec table is why); a sample of clips is decoded again during the build and the manifest records how far
+codec table in docs/data-and-shards.md is why); a sample of clips is decoded again during the build and the manifest records how far
 the stored frames, and their consecutive-frame PSNRs, are from what went into the encoder.
 
 Training sets: a video belongs to fraction ``f`` when ``video_hash(id) < f``; buckets end at
@@ -48,7 +48,7 @@ from shards.writer import BuildError, BuildState, Spool, open_sink, plan_shards,
 MAX_SAMPLES = 1000
 MAX_BYTES = 256 * 2**20
 TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the frame-to-frame signal
-# Measured with `python -m zxvad.bench codec` (README): `high` shifts real clips' consecutive-frame
+# Measured with `python -m zxvad.bench codec` (docs/data-and-shards.md): `high` shifts real clips' consecutive-frame
 # PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
 TRAIN_QUALITY = "lossless"
 FIDELITY_SAMPLE = 0.02  # clips decoded again per build, by key hash

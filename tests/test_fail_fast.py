@@ -1,4 +1,4 @@
-"""Issue 17: bad input fails fast with one line and exit 2, test sets are sacred, secrets stay out.
+"""Bad input fails fast with one line and exit 2, test sets are sacred, secrets stay out.
 
 No Ray here: every check runs on the driver (or in a helper that Ray calls), so each case is quick.
 """

@@ -17,7 +17,7 @@ def test_run_name_is_stable_across_steps_and_changes_with_the_config():
 
 
 def test_run_names_hash_renamed_keys_by_their_old_names():
-    """model.T was model.frames before issue 15: runs started then keep their names and resume."""
+    """model.T was once named model.frames: runs started under the old name keep their names and resume."""
     import hashlib
 
     cfg = config.load("demo", ["model.T=6"])

@@ -66,7 +66,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of eq. (1) (G) and eq. (6) (N); names follow DESIGN.md section 1."""
+    """Weights of eq. (1) (G) and eq. (6) (N); names follow the paper's symbols."""
 
     alpha_D: float = 0.05
     alpha_N: float = 0.5
