@@ -90,10 +90,14 @@ def test_the_graph_sees_imports_inside_functions():
     assert "zxvad.data.pipelines" in graph["zxvad.data"]  # inside the package's __getattr__
 
 
-def test_a_made_up_circle_is_reported(tmp_path):
+def _empty_packages(root: Path) -> None:
     for package in PACKAGES:
-        (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("")
+        (root / package).mkdir()
+        (root / package / "__init__.py").write_text("")
+
+
+def test_a_made_up_circle_is_reported(tmp_path):
+    _empty_packages(tmp_path)
     (tmp_path / "shards" / "a.py").write_text("from shards.b import thing\n")
     (tmp_path / "shards" / "b.py").write_text("def f():\n    from shards import a\n")
     (tmp_path / "zxvad" / "c.py").write_text("import shards.a\n")
@@ -190,9 +194,7 @@ def test_the_driver_plan_loads_nothing_heavy_before_the_inputs_are_checked():
 
 
 def test_a_layer_breach_is_reported(tmp_path):
-    for package in PACKAGES:
-        (tmp_path / package).mkdir()
-        (tmp_path / package / "__init__.py").write_text("")
+    _empty_packages(tmp_path)
     (tmp_path / "zxvad" / "losses.py").write_text("def f():\n    import mlflow\n")
     (tmp_path / "zxvad" / "step.py").write_text("from zxvad import losses\n")
     modules = module_files(tmp_path)
