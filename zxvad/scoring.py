@@ -160,3 +160,99 @@ def frame_auc(videos: list[VideoResult], T: int) -> float:
     from sklearn.metrics import roc_auc_score  # seconds to import: not before a command's own checks
 
     return float(roc_auc_score(pooled.labels, pooled.scores))
+
+
+# The protocols papers report. Each takes the same per-video PSNRs, so G and every baseline are
+# scored alike; the scores are anomaly scores (higher = more abnormal).
+PROTOCOLS = ("micro_minmax", "micro_raw", "macro")
+PROTOCOL_TITLES = {
+    "micro_minmax": "pooled AUC, per-video min-max (Liu et al.; the papers' figure)",
+    "micro_raw": "pooled AUC of the raw score (-PSNR, no per-video normalisation)",
+    "macro": "mean of per-video AUCs (videos with one class only are left out)",
+}
+
+
+def smooth_scores(scores: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian temporal smoothing of one video's scores (sigma in frames; 0 returns a copy).
+
+    The edges are padded by reflection, so a video's first and last frames are not pulled
+    towards zero.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if sigma <= 0 or s.size < 2:
+        return s.copy()
+    radius = max(1, int(round(3 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = np.pad(s, radius, mode="reflect" if s.size > radius else "edge")
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _video_scores(v: VideoResult, T: int, normalise: bool, sigma: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    p, y = np.asarray(v.psnr, dtype=np.float64).ravel(), np.asarray(v.labels).ravel()
+    if len(y) != len(p) + T:
+        raise ValueError(f"video '{v.video_id}': {len(y)} labels but {len(p)} scores + "
+                         f"{T} unscored frames = {len(p) + T}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"video '{v.video_id}': PSNR values must be finite")
+    score = normalize_scores(p) if normalise else -p
+    return smooth_scores(score, sigma), y[T:].astype(np.int64)
+
+
+def protocol_scores(videos: list[VideoResult], T: int, protocol: str, sigma: float = 0.0
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(scores, labels) per video under ``protocol``: min-max normalised for ``micro_minmax``,
+    -PSNR otherwise; smoothed over time with a Gaussian of ``sigma`` frames when > 0."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    return [_video_scores(v, T, protocol == "micro_minmax", sigma) for v in videos]
+
+
+def _binary_metric(labels: np.ndarray, scores: np.ndarray, metric) -> float:
+    if len(np.unique(labels)) != 2:
+        return float("nan")
+    return float(metric(labels, scores))
+
+
+def protocol_auc(videos: list[VideoResult], T: int, protocol: str, sigma: float = 0.0) -> float:
+    """Frame-level ROC AUC under one of :data:`PROTOCOLS`; NaN where undefined.
+
+    ``macro`` averages the AUC of every video that holds both normal and abnormal scored frames;
+    a video of one class only (Ped2's test videos 08-11 are abnormal in every frame) has no AUC
+    and is left out of the mean, never counted as 0.5 or 1.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    per_video = protocol_scores(videos, T, protocol, sigma)
+    if protocol == "macro":
+        aucs = [_binary_metric(y, s, roc_auc_score) for s, y in per_video]
+        aucs = [a for a in aucs if not np.isnan(a)]
+        return float(np.mean(aucs)) if aucs else float("nan")
+    scores = np.concatenate([s for s, _ in per_video]) if per_video else np.zeros(0)
+    labels = np.concatenate([y for _, y in per_video]) if per_video else np.zeros(0, np.int64)
+    return _binary_metric(labels, scores, roc_auc_score)
+
+
+def pooled_aupr_eer(videos: list[VideoResult], T: int, sigma: float = 0.0) -> tuple[float, float]:
+    """Average precision (abnormal = positive) and equal error rate of the per-video min-max
+    scores, pooled; NaN where the scored frames hold one class only."""
+    from sklearn.metrics import average_precision_score, roc_curve
+
+    per_video = protocol_scores(videos, T, "micro_minmax", sigma)
+    scores = np.concatenate([s for s, _ in per_video])
+    labels = np.concatenate([y for _, y in per_video])
+    if len(np.unique(labels)) != 2:
+        return float("nan"), float("nan")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fnr = 1 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return float(average_precision_score(labels, scores)), float((fpr[i] + fnr[i]) / 2)
+
+
+def all_protocols(videos: list[VideoResult], T: int, sigma: float = 0.0) -> dict[str, float]:
+    """Every protocol's AUC, plus ``aupr`` and ``eer``, of one predictor's videos."""
+    out = {p: protocol_auc(videos, T, p, sigma) for p in PROTOCOLS}
+    out["aupr"], out["eer"] = pooled_aupr_eer(videos, T, sigma)
+    return out
