@@ -203,6 +203,36 @@ def test_gain_column_and_ranking_by_gain(store, tmp_path, capsys):
     assert "auc_gain/street" in err[0] and not (tmp_path / "x").exists()
 
 
+def test_ranking_by_another_protocol_shows_its_column_and_eer_ranks_lowest_first(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("protocols-test")
+    # "a" has the better papers' AUC, "b" the better macro AUC and the lower EER
+    for name, (auc, macro, eer) in {"a": (0.9, 0.6, 0.3), "b": (0.8, 0.7, 0.2)}.items():
+        run_id = client.create_run(exp_id).info.run_id
+        client.log_param(run_id, "model.output", name)
+        for key, value in {"auc/ped2": auc, "auc/mean": auc, "auc_macro/ped2": macro,
+                           "auc_macro/mean": macro, "eer/mean": eer,
+                           "auc_macro_baseline/copy_last/ped2": 0.5}.items():
+            client.log_metric(run_id, key, value, step=1)
+    table = compare.build_table("protocols-test", compare.load_runs("protocols-test", uri))
+    assert compare.rank(table, "auc/mean") == "mean" and table.rows[0].params["model.output"] == "a"
+    assert compare.rank(table, "auc_macro/ped2") == "auc_macro/ped2"
+    assert table.rows[0].params["model.output"] == "b"
+    assert compare.rank(table, "eer/mean") == "eer/mean" and table.rows[0].params["model.output"] == "b"
+    assert table.best("eer/mean") is table.rows[0]
+    assert table.columns[-2:] == ["auc_macro/ped2", "eer/mean"]
+
+    capsys.readouterr()  # the new store's own log lines
+    rc = compare.main(["--experiment", "protocols-test", "--metric", "eer/ped2", "--tracking-uri",
+                       uri, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--metric eer/ped2: not logged" in err[0]
+    assert "eer/mean" in err[0] and "auc_macro/ped2" in err[0]
+
+
 def test_per_target_tables_show_g_each_baseline_and_the_gain(tmp_path, capsys):
     import mlflow
 

@@ -102,11 +102,15 @@ def test_report_table_and_metric_names(result, tmp_path):
     assert target["videos"][0]["baseline_psnr"]["copy_last"] == result.videos[0]["baseline_psnr"]["copy_last"]
     assert (tmp_path / "tiny-curves.png") in files
 
+    assert {tmp_path / "tiny-roc.png", tmp_path / "tiny-histogram.png"} <= set(files)
+
     flat = report["metrics"]
-    assert flat == pytest.approx({
+    papers = {k: v for k, v in flat.items() if k.split("/")[0] in ("auc", "auc_gain", "auc_baseline")}
+    assert papers == pytest.approx({
         "auc/tiny": result.auc, "auc/mean": result.auc, "auc_gain/tiny": result.gain,
         "auc_gain/mean": result.gain,
         **{f"auc_baseline/{b}/tiny": v for b, v in result.baseline_aucs.items()}})
+    assert target["protocols"]["G"]["auc_raw"] == flat["auc_raw/tiny"]
     assert metrics.per_target(flat) == {"tiny": pytest.approx(
         {"G": result.auc, "gain": result.gain, **result.baseline_aucs})}
 
@@ -118,6 +122,50 @@ def test_report_table_and_metric_names(result, tmp_path):
     assert float(row[2]) == pytest.approx(100 * result.baseline_aucs["copy_last"], abs=0.005)
     assert float(row[5]) == pytest.approx(100 * result.gain, abs=0.005)
     assert row[6:] == ["12", "2"]
+
+
+def _pairs(pos: list[float], neg: list[float]) -> float:
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_every_protocol_for_g_and_each_baseline_matches_hand_counting(result):
+    flat = metrics.flat({"tiny": result})
+    for name, predictor in PREDICTORS.items():
+        _, psnrs = _hand_auc(predictor)
+        pooled_pos, pooled_neg, per_video = [], [], []
+        for vid, (_, labels) in VIDEOS.items():
+            pos = [-p for p, y in zip(psnrs[vid], labels[T:]) if y]
+            neg = [-p for p, y in zip(psnrs[vid], labels[T:]) if not y]
+            pooled_pos += pos
+            pooled_neg += neg
+            per_video.append(_pairs(pos, neg))
+        raw, macro = _pairs(pooled_pos, pooled_neg), sum(per_video) / len(per_video)
+        prefix = "" if name == "G" else f"_baseline/{name}"
+        assert flat[f"auc_raw{prefix}/tiny"] == pytest.approx(raw, abs=1e-6), name
+        assert flat[f"auc_macro{prefix}/tiny"] == pytest.approx(macro, abs=1e-6), name
+    best_raw = max(flat[f"auc_raw_baseline/{b}/tiny"] for b in ("copy_last", "mean_T", "linear"))
+    assert flat["auc_raw_gain/tiny"] == pytest.approx(flat["auc_raw/tiny"] - best_raw)
+    best_eer = min(flat[f"eer_baseline/{b}/tiny"] for b in ("copy_last", "mean_T", "linear"))
+    assert flat["eer_gain/tiny"] == pytest.approx(best_eer - flat["eer/tiny"])  # positive = G better
+    assert "auc_smooth/tiny" not in flat  # smoothing is off unless asked
+    table = metrics.protocol_table(flat)
+    assert "AUC, raw -PSNR" in table and "EER (min-max, lower better)" in table
+
+
+def test_smoothing_adds_named_twins_of_every_protocol(monkeypatch):
+    import zxvad.data
+
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    r = evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
+                                 device=torch.device("cpu"), batch_size=3, progress=False,
+                                 smooth_sigma=1.0)
+    flat = metrics.flat({"tiny": r})
+    for name in metrics.protocol_names():
+        assert f"{name}_smooth/tiny" in flat and f"{name}_smooth_gain/mean" in flat
+    assert flat["auc/tiny"] == pytest.approx(r.auc)  # the papers' figure is never smoothed
+    assert "smoothed" in metrics.protocol_table(flat)
+    assert metrics.lower_is_better("eer_smooth/tiny") and not metrics.lower_is_better("eer_gain/tiny")
 
 
 def test_gain_and_mean_over_targets():
@@ -146,6 +194,8 @@ def test_mlflow_holds_baselines_and_gains(result, tmp_path):
     for name, value in result.baseline_aucs.items():
         assert logged[f"auc_baseline/{name}/tiny"] == pytest.approx(value)
     assert logged["efficiency/params"] == 3.0
+    assert logged["auc_macro/tiny"] == pytest.approx(result.protocols["G"]["auc_macro"])
+    assert logged["aupr_baseline/copy_last/tiny"] == pytest.approx(result.protocols["copy_last"]["aupr"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "auc_gain/tiny")] == [5]
 
 

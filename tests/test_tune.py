@@ -408,9 +408,13 @@ def test_mlflow_nests_trials_under_the_sweep_with_datasets_and_a_registered_g(de
     latest = f"models:/{REGISTERED}/latest"
     mlflow.set_tracking_uri(demo_sweep["uri"])  # models:/ URIs resolve through the global registry URI
     info = mlflow.models.get_model_info(latest)
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 4, 3, 64, 64]
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 64, 64, 3]
     assert info.saved_input_example_info is not None
-    G = mlflow.pytorch.load_model(latest)
-    assert G(torch.zeros(1, 4, 3, 64, 64)).shape == (1, 3, 64, 64)
-    served = mlflow.pyfunc.load_model(latest).predict(torch.zeros(1, 4, 3, 64, 64).numpy())
-    assert served.shape == (1, 3, 64, 64)
+    import numpy as np
+
+    from zxvad.checkpoint import load_generator
+
+    G, _ = load_generator(latest)
+    assert G(torch.zeros(1, 4, 3, 64, 64)).prediction.shape == (1, 3, 64, 64)
+    served = mlflow.pyfunc.load_model(latest).predict(np.zeros((6, 64, 64, 3), dtype=np.uint8))
+    assert list(served["frame"]) == [4, 5] and served["psnr"].notna().all()  # frames after T=4

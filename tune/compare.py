@@ -5,7 +5,9 @@
 One row per configuration (runs that differ only in their seeds are grouped), one column per
 target AUC, their mean and ``gain`` (``auc_gain/mean``: G's AUC minus the best trivial baseline's,
 averaged over targets), in percent; with several seeds a cell reads ``mean ± std``. ``--metric``
-ranks the rows by any of ``auc/<target>``, ``auc/mean``, ``auc_gain/<target>``, ``auc_gain/mean``. The best
+ranks the rows by any of ``auc/<target>``, ``auc/mean``, ``auc_gain/<target>``, ``auc_gain/mean``, or
+any other protocol the runs logged (``auc_raw/mean``, ``auc_macro/<target>``, ``aupr_gain/mean``,
+``eer/<target>`` (lowest first), their ``_smooth`` twins: see :mod:`zxvad.metrics`). The best
 cell of each column is bold in the Markdown table; a cell marked † lies closer to that best than
 the seed spread (the larger of the two standard deviations), so the difference is not
 significant. Writes ``NAME.csv`` (fractions, full precision), ``NAME.md`` and ``NAME.png`` (AUC
@@ -33,6 +35,9 @@ IGNORED = (*SEED_KEYS, "tracking.run_name")
 NOT_SIGNIFICANT = "†"
 GAIN = "gain"  # the column of auc_gain/mean; per-target gains are kept as "gain/<target>"
 BASELINE = "baseline"  # auc_baseline/<name>/<target> is kept as "baseline/<name>/<target>"
+# the protocols beside the papers' AUC, and their gains: columns named by the metric itself
+OTHER_PROTOCOLS = {h for n in metric_names.protocol_names(True) if n != metric_names.AUC
+                   for h in (n, f"{n}_gain")}
 
 
 class CompareError(ValueError):
@@ -68,11 +73,12 @@ class Table:
     rows: list[Row]
     targets: list[str]  # target names; the columns are these and "mean"
     label_keys: list[str]
+    ranked_by: list[str] = field(default_factory=list)  # another protocol's column, once ranked by it
 
     @property
     def columns(self) -> list[str]:
         gain = [GAIN] if any(r.values.get(GAIN) for r in self.rows) else []
-        return [*self.targets, "mean", *gain]
+        return [*self.targets, "mean", *gain, *self.ranked_by]
 
     @property
     def seeded(self) -> bool:
@@ -80,7 +86,8 @@ class Table:
 
     def best(self, column: str) -> Row | None:
         rows = [r for r in self.rows if not math.isnan(r.mean(column))]
-        return max(rows, key=lambda r: r.mean(column)) if rows else None
+        pick = min if metric_names.lower_is_better(column) else max
+        return pick(rows, key=lambda r: r.mean(column)) if rows else None
 
     def not_significant(self, row: Row, column: str) -> bool:
         """True when ``row`` trails the column's best by less than the seed spread."""
@@ -88,7 +95,7 @@ class Table:
         if best is None or best is row or not self.seeded or math.isnan(row.mean(column)):
             return False
         spread = max(best.std(column), row.std(column))
-        return best.mean(column) - row.mean(column) < spread
+        return abs(best.mean(column) - row.mean(column)) < spread
 
 
 def load_runs(experiment: str, uri: str, include_failed: bool = False,
@@ -129,6 +136,8 @@ def build_table(experiment: str, runs: list[Any], by: str | None = None) -> Tabl
             if head == metric_names.GAIN:
                 column = GAIN if name == metric_names.MEAN else f"{GAIN}/{name}"
                 row.values.setdefault(column, []).append(float(value))
+            elif head in OTHER_PROTOCOLS and "/" not in name:  # kept under its own name, to rank by
+                row.values.setdefault(key, []).append(float(value))
     ordered = list(rows.values())
     all_keys = sorted({k for r in ordered for k in r.params})
     varying = [k for k in all_keys if len({r.params.get(k) for r in ordered}) > 1]
@@ -148,21 +157,25 @@ def column_of(metric: str, table: Table) -> str:
     """``auc/street`` -> ``street``, ``auc_gain/mean`` -> ``gain``; one clear error otherwise."""
     head, _, name = metric.partition("/")
     column = {metric_names.AUC: name, metric_names.GAIN: GAIN if name == metric_names.MEAN
-              else f"{GAIN}/{name}"}.get(head)
+              else f"{GAIN}/{name}"}.get(head, metric if head in OTHER_PROTOCOLS else None)
     if not name or column is None or not any(r.values.get(column) for r in table.rows):
         known = [f"auc/{t}" for t in table.columns if t != GAIN]
         known += sorted(f"auc_gain/{c[len(GAIN) + 1:]}" for c in {k for r in table.rows
                         for k in r.values} if c.startswith(f"{GAIN}/"))
         known += ["auc_gain/mean"] if GAIN in table.columns else []
+        known += sorted({k for r in table.rows for k in r.values if k.split("/")[0] in OTHER_PROTOCOLS})
         raise CompareError(f"--metric {metric}: not logged by the runs of experiment "
                            f"'{table.experiment}' (known: {', '.join(known)})")
     return column
 
 
 def rank(table: Table, metric: str) -> str:
-    """Order the rows best first by ``metric``; returns its column."""
+    """Order the rows best first by ``metric`` (lowest first for an error rate); returns its column."""
     column = column_of(metric, table)
-    table.rows.sort(key=lambda r: (math.isnan(r.mean(column)), -r.mean(column)))
+    sign = 1 if metric_names.lower_is_better(metric) else -1
+    table.rows.sort(key=lambda r: (math.isnan(r.mean(column)), sign * r.mean(column)))
+    if column not in table.columns:  # shown beside the papers' AUCs, so the order can be read
+        table.ranked_by.append(column)
     return column
 
 
@@ -191,7 +204,8 @@ def _cell(table: Table, row: Row, column: str, bold: bool) -> str:
     m = row.mean(column)
     if math.isnan(m):
         return "-"
-    text = f"{100 * m:+.2f}" if column == GAIN else f"{100 * m:.2f}"
+    signed = column == GAIN or column.split("/")[0].endswith("_gain")
+    text = f"{100 * m:+.2f}" if signed else f"{100 * m:.2f}"
     if table.seeded:
         text += f" ± {100 * row.std(column):.2f}"
     if bold and table.best(column) is row:
@@ -343,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="config key to sort rows by and plot against, e.g. data.fraction")
     parser.add_argument("--metric", default=None, metavar="NAME",
                         help="rank rows best first by auc/mean, auc/<target>, auc_gain/mean or "
-                             "auc_gain/<target> (gain: G's AUC minus the best trivial baseline's)")
+                             "auc_gain/<target> (gain: G's AUC minus the best trivial baseline's), "
+                             "or another protocol: auc_raw, auc_macro, aupr, eer (lowest first), "
+                             "their _gain and _smooth forms, /<target> or /mean")
     parser.add_argument("--out", default=None, help="output folder (default: compare/EXPERIMENT)")
     parser.add_argument("--parent", default="", metavar="RUN_ID",
                         help="only the child runs of this sweep run (default: every training run)")

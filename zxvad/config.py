@@ -131,6 +131,7 @@ class EvalConfig:
     plots: bool = True
     top_frames: int = 4  # difference maps for this many highest-scoring frames
     patch_size: int = 0  # > 0: also score by the worst patch_size^2 tile (beyond the paper)
+    smooth_sigma: float = 0.0  # > 0: also score every protocol on scores smoothed over this many frames
 
 
 @dataclass
@@ -303,6 +304,7 @@ def _run_checks(cfg: Config) -> list[tuple[str, Any, str]]:
         ("eval.patch_size", 0 <= e.patch_size <= cfg.model.image_size,
          "must be 0 (off) or a tile side of at most model.image_size"),
         ("eval.top_frames", e.top_frames >= 0, "must be 0 or more"),
+        ("eval.smooth_sigma", e.smooth_sigma >= 0, "must be 0 (off) or more frames"),
         ("train.keep_best_by", t.keep_best_by == "" or re.fullmatch(r"auc(_gain)?/[\w.-]+", t.keep_best_by),
          "must be '' or an AUC metric such as auc/mean, auc/<target>, auc_gain/mean"),
         ("tracking.register_as", re.fullmatch(r"[\w.-]*", cfg.tracking.register_as),

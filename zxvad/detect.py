@@ -1,21 +1,31 @@
 """Score any new camera's video with a trained G, out of the box (zero-shot: no adaptation).
 
-``python -m zxvad.detect VIDEO_OR_FRAME_DIR [...] --checkpoint PATH|MLFLOW_URI [--out DIR]``
+``python -m zxvad.detect VIDEO_OR_FRAME_DIR [...] --checkpoint PATH|MLFLOW_URI|EXPORT [--out DIR]``
 
 Frames are streamed (PyAV for anything FFmpeg reads, including rtsp:// and http:// URLs, or a
 folder of images), resized to the checkpoint's square size and kept in a ring of T+1 frames;
-G predicts frame T+1 of each window in batches (on the GPU when present) and each prediction's
-PSNR is its raw score. As in evaluation (Liu et al. 2018), the first T frames are not scored
-and the anomaly score is 1 - min-max normalised PSNR: over the whole video for files, or over
-the last ``--window`` frames for live streams, so a stream's scores come out as it plays. Only
-a few floats per frame are kept, never frames, so memory stays flat however long the video.
+G (a checkpoint, an MLflow model, or a TorchScript/ONNX file from ``zxvad.export``) predicts frame
+T+1 of each window in batches (on the GPU when present) and each prediction's PSNR is its raw
+score; the first T frames are not scored.
+
+With a calibration (``python -m zxvad.calibrate``: stored beside the checkpoint, or
+``--calibration FILE``) the anomaly score is on the camera's calibrated, absolute scale (0 = a
+typical normal frame, 1 = as bad as the worst 1 % of its normal footage; see
+``zxvad.calibration``), computed frame by frame as the video plays, and ``--alarm-rate 0.01``
+sets the threshold that flags that share of normal frames. Without one (or with ``--window N``,
+for viewing), the score is the offline protocol of Liu et al.: 1 - min-max normalised PSNR over
+the whole video for files, or over the last ``--window`` frames for live streams. Its worst frame
+scores 1 whatever happens, so its threshold does not carry from one day to the next.
+Only a few floats per frame are kept, never frames, so memory stays flat however long the video.
 
 Outputs per input, in ``--out``: ``NAME.csv`` and ``NAME.json`` (frame, time in s, raw PSNR,
 score, and anomalous 0/1 with ``--threshold``), ``NAME-curve.png`` and, with ``--overlay``,
 ``NAME-overlay.mp4`` (G's difference heat map blended over the frames). With ``--threshold``
 the anomalous frames are merged into segments and printed as time ranges (00:01.20-00:03.40).
 With ``--labels`` (per-frame 0/1, one file per input) it prints the frame-level AUC of G beside
-the trivial baselines (copy_last, mean_T, linear: scored on the same frames) and their gain.
+the trivial baselines (copy_last, mean_T, linear: scored on the same frames) and their gain; with a
+calibrated threshold also the false-alarm rate on normal frames and the share of abnormal frames
+and events detected, for G and for copy_last on its own calibrated scale.
 """
 
 from __future__ import annotations
@@ -34,8 +44,8 @@ import numpy as np
 import torch
 
 from shards.storage import StagedFile, atomic_path, atomic_write
+from zxvad import calibration as calibration_lib
 from zxvad import metrics, scoring
-from zxvad.checkpoint import load_generator as load_detector
 from zxvad.resources import peak_rss_mb
 from zxvad.video_io import VideoError, VideoSource, VideoWriter
 
@@ -74,13 +84,14 @@ class Detection:
     time: np.ndarray
     psnr: np.ndarray
     score: np.ndarray
-    normalisation: str  # "video" or "window:N"
+    normalisation: str  # "calibrated", "video" or "window:N"
     threshold: float | None = None
     segments: list[Segment] = field(default_factory=list)
     seconds: float = 0.0  # wall time of the pass (decode + G)
     files: list[Path] = field(default_factory=list)
     stopped: bool = False  # the user interrupted the stream
     baseline_psnr: dict[str, np.ndarray] = field(default_factory=dict)  # trivial predictors, same frames
+    minmax_score: np.ndarray | None = None  # calibrated runs: the whole-video min-max, for viewing
 
     @property
     def frame_index(self) -> np.ndarray:
@@ -199,13 +210,14 @@ class _VideoPass:
 
     def __init__(self, G: torch.nn.Module, source: VideoSource, *, T: int, device: torch.device,
                  out: Path, name: str, batch_size: int, window: int | None, threshold: float | None,
-                 overlay: bool, progress: bool):
+                 overlay: bool, progress: bool, calibration=None):
         from tqdm import tqdm
 
         self.G, self.source, self.T, self.device, self.out, self.name = G, source, T, device, out, name
         self.batch_size, self.window, self.threshold, self.overlay = batch_size, window, threshold, overlay
         self.csv = _CsvRows(out / f"{name}.csv", threshold is not None)
         self.normaliser = SlidingNormaliser(window) if window is not None else None
+        self.scale = calibration.scale("G") if calibration is not None and window is None else None
         self.tracker = SegmentTracker(1.0 / source.fps)
         self.colors = _heat_colors() if overlay else None
         self.writer: VideoWriter | None = None
@@ -262,9 +274,10 @@ class _VideoPass:
         for j, ((index, t, display, _), p) in enumerate(zip(self.pending, values)):
             self.times.append(t)
             self.psnrs.append(p)
-            if self.normaliser is not None:  # live: scores, CSV rows and segments as it plays
-                self.scores.append(self.normaliser.push(p))
-                self.row(index, t, p, self.scores[-1], announce=True)
+            if self.normaliser is not None or self.scale is not None:  # scores as it plays
+                score = self.normaliser.push(p) if self.normaliser else float(self.scale.score(p))
+                self.scores.append(score)
+                self.row(index, t, p, score, announce=True)
             if self.overlay:
                 self.writer.write(blend_heat(display, prediction[j], target[j], self.colors))
         self.pending.clear()
@@ -285,20 +298,23 @@ class _VideoPass:
                              f"T+1 = {self.T + 1} (G predicts frame T+1 from T frames)")
         as_array = lambda values: np.frombuffer(values, dtype=np.float64).copy()
         psnr, times = as_array(self.psnrs), as_array(self.times)
-        if self.normaliser is not None:
+        if self.normaliser is not None or self.scale is not None:
             score = as_array(self.scores)
         else:
             score = scoring.normalize_scores(psnr)
             for index, t, p, s in zip(range(self.T, self.T + len(psnr)), times, psnr, score):
                 self.row(index, t, p, s)
-        if self.threshold is not None and (closed := self.tracker.close()) and self.normaliser:
+        if self.threshold is not None and (closed := self.tracker.close()) and (
+                self.normaliser or self.scale):
             self.announce(closed)
+        normalisation = ("calibrated" if self.scale is not None else
+                         f"window:{self.window}" if self.normaliser else "video")
         det = Detection(name=self.name, source=self.source.source, fps=self.source.fps,
                         num_frames=decoded, first_scored=self.T, time=times, psnr=psnr, score=score,
                         threshold=self.threshold, segments=self.tracker.segments,
-                        normalisation=f"window:{self.window}" if self.normaliser else "video",
-                        seconds=seconds, stopped=stopped,
-                        baseline_psnr={b: as_array(v) for b, v in self.baselines.items()})
+                        normalisation=normalisation, seconds=seconds, stopped=stopped,
+                        baseline_psnr={b: as_array(v) for b, v in self.baselines.items()},
+                        minmax_score=scoring.normalize_scores(psnr) if self.scale else None)
         self.files.append(_write_json(det, self.out / f"{self.name}.json"))
         self.files.append(plot_curve(det, self.out / f"{self.name}-curve.png"))
         if self.writer is not None:
@@ -321,7 +337,7 @@ class _VideoPass:
 def detect_video(G: torch.nn.Module, source: VideoSource, *, T: int, device: torch.device,
                  out_dir: str | Path, batch_size: int = 16, window: int | None = None,
                  threshold: float | None = None, overlay: bool = False, name: str | None = None,
-                 progress: bool = True) -> Detection:
+                 progress: bool = True, calibration=None) -> Detection:
     """Score every frame after the first T of one input and write its outputs.
 
     Args:
@@ -330,8 +346,10 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, T: int, device: tor
         T: G's input frames; the first T are not scored.
         out_dir: where ``NAME.csv``, ``NAME.json``, ``NAME-curve.png`` (and the overlay) go.
         batch_size: windows per forward pass.
-        window: normalise over the last ``window`` frames (live streams); None: the whole video.
+        window: normalise over the last ``window`` frames (live streams); None: the whole video,
+            or the calibrated scale when ``calibration`` is given.
         threshold: mark frames with score >= threshold and merge them into segments.
+        calibration: a :class:`zxvad.calibration.Calibration`: score on its absolute scale.
         overlay: also write ``NAME-overlay.mp4`` with the difference heat map.
         name: the output stem (default: the input's name).
 
@@ -345,7 +363,7 @@ def detect_video(G: torch.nn.Module, source: VideoSource, *, T: int, device: tor
     out.mkdir(parents=True, exist_ok=True)
     scan = _VideoPass(G, source, T=T, device=device, out=out, name=name or source.name,
                       batch_size=batch_size, window=window, threshold=threshold, overlay=overlay,
-                      progress=progress)
+                      progress=progress, calibration=calibration)
     start = time.perf_counter()
     try:
         decoded, stopped = scan.run()
@@ -367,6 +385,8 @@ def _write_json(det: Detection, path: Path) -> Path:
     }
     if det.anomalous is not None:
         report["frames"]["anomalous"] = det.anomalous.tolist()
+    if det.minmax_score is not None:
+        report["frames"]["minmax_score"] = det.minmax_score.tolist()
     return atomic_write(path, json.dumps(report))
 
 
@@ -387,10 +407,14 @@ def plot_curve(det: Detection, path: str | Path) -> Path:
     if det.threshold is not None:
         top.axhline(det.threshold, color="tab:red", ls="--", lw=0.8, label=f"threshold {det.threshold:g}")
         top.legend(loc="upper right", fontsize=8)
-    top.set_ylim(-0.05, 1.05)
     top.set_ylabel("anomaly score")
-    norm = "whole video" if det.normalisation == "video" else f"last {det.normalisation[7:]} frames"
-    top.set_title(f"{det.name}: 1 - normalised PSNR (over the {norm})", fontsize=10)
+    if det.normalisation == "calibrated":
+        top.set_title(f"{det.name}: calibrated score (0 typical, 1 = worst 1 % of normal footage)",
+                      fontsize=10)
+    else:
+        top.set_ylim(-0.05, 1.05)
+        norm = "whole video" if det.normalisation == "video" else f"last {det.normalisation[7:]} frames"
+        top.set_title(f"{det.name}: 1 - normalised PSNR (over the {norm})", fontsize=10)
     bottom.plot(det.time, det.psnr, color="tab:gray", lw=0.8)
     bottom.set_ylabel("PSNR (dB)")
     bottom.set_xlabel("time (s)")
@@ -462,6 +486,21 @@ def label_table(videos: list[dict[str, scoring.VideoResult]], T: int) -> str:
     return "\n".join(lines)
 
 
+def alarm_reports(videos: list[dict[str, scoring.VideoResult]], T: int, calibration,
+                  threshold: float | None = None, alarm_rate: float | None = None
+                  ) -> dict[str, "calibration_lib.AlarmReport"]:
+    """Alarms of G and of copy_last, each on its own calibrated scale (at ``alarm_rate``, or at
+    calibrated score >= ``threshold``), against the labels of the scored frames, pooled."""
+    reports = {}
+    for predictor in calibration_lib.PREDICTORS:
+        scale = calibration.scale(predictor)
+        line = scale.threshold(alarm_rate) if alarm_rate is not None else threshold
+        reports[predictor] = calibration_lib.alarm_report(
+            [(scale.score(v[predictor].psnr) >= line, np.asarray(v[predictor].labels)[T:])
+             for v in videos])
+    return reports
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked; bad values exit with argparse's one line and code 2."""
     parser = argparse.ArgumentParser(prog="python -m zxvad.detect", description=__doc__.split("\n\n")[0],
@@ -475,10 +514,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="windows per forward pass (default: the checkpoint's eval.batch_size)")
     parser.add_argument("--window", type=int, default=None, metavar="N",
-                        help="normalise scores over the last N frames (live streams; default for "
-                             f"rtsp/rtmp/udp URLs: {LIVE_WINDOW}); otherwise over the whole video")
+                        help="min-max normalise scores over the last N frames, for viewing "
+                             f"(default for rtsp/rtmp/udp URLs without a calibration: {LIVE_WINDOW}); "
+                             "otherwise the calibrated score, or the whole-video min-max")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="mark frames with score >= T and print anomalous segments as time ranges")
+    parser.add_argument("--alarm-rate", type=float, default=None, metavar="A",
+                        help="with a calibration: the threshold that flags a share A of the camera's "
+                             "normal frames (e.g. 0.01); instead of --threshold")
+    parser.add_argument("--calibration", default=None, metavar="FILE",
+                        help="calibration of this camera (python -m zxvad.calibrate; default: the one "
+                             "stored beside the checkpoint, if any)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="ignore any calibration: score by the per-video min-max (Liu et al.)")
     parser.add_argument("--overlay", action="store_true",
                         help="also write NAME-overlay.mp4: the difference heat map over the frames")
     parser.add_argument("--size", type=int, default=None,
@@ -505,7 +553,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} {value}: must be at least {low}")
     if args.fps is not None and not args.fps > 0:
         parser.error(f"--fps {args.fps}: must be positive")
+    if args.alarm_rate is not None:
+        if args.threshold is not None:
+            parser.error("--alarm-rate and --threshold: give one of them")
+        if not 0 < args.alarm_rate < 1:
+            parser.error(f"--alarm-rate {args.alarm_rate}: must lie in (0, 1), e.g. 0.01")
+        if args.window is not None or args.no_calibration:
+            parser.error("--alarm-rate needs the calibrated score: drop --window / --no-calibration")
     return args
+
+
+def find_calibration(args) -> "calibration_lib.Calibration | None":
+    """``--calibration``, else the one stored with the checkpoint; None when there is none or
+    it is not wanted (--no-calibration). An --alarm-rate with none is an error."""
+    found = None
+    if not args.no_calibration:
+        found = (calibration_lib.load(args.calibration) if args.calibration
+                 else calibration_lib.find(args.checkpoint))
+    if args.alarm_rate is not None and found is None:
+        raise calibration_lib.CalibrationError(
+            f"--alarm-rate needs a calibration: none beside '{args.checkpoint}' (run `python -m "
+            "zxvad.calibrate --checkpoint CKPT NORMAL_FOOTAGE...`, or give --calibration FILE)")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,10 +584,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = [load_labels(p) for p in args.labels] if args.labels else [None] * len(args.inputs)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        G, cfg = load_detector(args.checkpoint, device, args.size)
+        from zxvad.serving import load_predictor  # checkpoints, MLflow models and exports
+
+        G, cfg = load_predictor(args.checkpoint, device, args.size)
+        calibration = find_calibration(args)
+        if calibration is not None and (calibration.T, calibration.image_size) != (
+                cfg.model.T, cfg.model.image_size):
+            raise calibration_lib.CalibrationError(
+                f"calibration of T={calibration.T} at {calibration.image_size}px does not fit G "
+                f"(T={cfg.model.T} at {cfg.model.image_size}px): calibrate this checkpoint")
+        threshold = args.threshold
+        if args.alarm_rate is not None:
+            threshold = calibration.scale("G").threshold(args.alarm_rate)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if calibration is not None and args.window is None:
+        asked = (f"alarm rate {args.alarm_rate:g}" if args.alarm_rate is not None else
+                 f"threshold {threshold:g}" if threshold is not None else "no threshold")
+        print(f"calibrated score ({calibration.scale('G').frames} normal frames); {asked}"
+              + (f" -> score >= {threshold:.3f}" if args.alarm_rate is not None else ""))
+    elif calibration is None:
+        print("note: no calibration: scores are min-max normalised per video (or window), so the "
+              "worst frame scores 1 whatever happens; run python -m zxvad.calibrate for an "
+              "absolute scale")  # stdout: stderr holds only errors, one line each
     failed, names, labelled = 0, set(), []
     for number, item in enumerate(args.inputs):
         try:
@@ -529,11 +618,13 @@ def main(argv: list[str] | None = None) -> int:
                 while name in names:  # two inputs with one stem: keep both
                     name += "_"
                 names.add(name)
-                window = args.window or (LIVE_WINDOW if source.live else None)
+                # a live stream without a calibration is normalised over a sliding window
+                window = args.window or (LIVE_WINDOW if source.live and calibration is None else None)
                 det = detect_video(G, source, T=cfg.model.T, device=device, out_dir=args.out,
                                    batch_size=args.batch_size or cfg.eval.batch_size, window=window,
-                                   threshold=args.threshold, overlay=args.overlay, name=name,
-                                   progress=not args.no_progress)
+                                   threshold=threshold, overlay=args.overlay, name=name,
+                                   progress=not args.no_progress,
+                                   calibration=calibration if args.window is None else None)
         except (VideoError, OSError, RuntimeError) as err:
             print(f"error: {err}", file=sys.stderr)
             failed += 1
@@ -554,6 +645,11 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
     if labelled:
         print(label_table(labelled, cfg.model.T))
+        if calibration is not None and args.window is None and threshold is not None:
+            asked = (f"alarm rate {args.alarm_rate:g}" if args.alarm_rate is not None
+                     else f"calibrated threshold {threshold:g}")
+            reports = alarm_reports(labelled, cfg.model.T, calibration, threshold, args.alarm_rate)
+            print(calibration_lib.alarm_table(reports, asked))
     return 2 if failed else 0
 
 

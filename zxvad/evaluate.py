@@ -7,6 +7,9 @@ predecessors; PSNR on [0, 1] images; the first T frames of a video are not score
 min-max normalised per video; score = 1 - normalised PSNR; one pooled ROC AUC per target.
 The trivial predictors of ``scoring.BASELINES`` are scored on the same windows in the same pass,
 and every AUC is printed beside theirs with ``gain`` = G minus the best of them.
+The other protocols papers report (pooled AUC of the raw score, macro AUC over videos, AUPR and
+EER, and with ``eval.smooth_sigma`` > 0 each on temporally smoothed scores) are scored for G and
+every baseline alike and printed in a second table (names: :mod:`zxvad.metrics`).
 The JSON written beside the plots holds every frame's raw PSNR, score and label, so anyone can
 recompute the AUC, and the baselines' per-frame PSNRs.
 """
@@ -68,6 +71,8 @@ class TargetResult:
     baseline_aucs: dict[str, float] = field(default_factory=dict)  # trivial predictors, same frames
     patch_auc: float | None = None  # the worst-tile score (eval.patch_size > 0), beside auc
     patch_baseline_aucs: dict[str, float] = field(default_factory=dict)
+    # {"G" or baseline: {metric name: value}} under every protocol (metrics.PROTOCOL_METRICS)
+    protocols: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def fps(self) -> float:
@@ -81,12 +86,14 @@ class TargetResult:
 @torch.no_grad()
 def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, T: int, size: int,
                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
-                    progress: bool = True, patch_size: int = 0) -> TargetResult:
+                    progress: bool = True, patch_size: int = 0,
+                    smooth_sigma: float = 0.0) -> TargetResult:
     """Score every scorable frame of one target set with G and with the trivial baselines.
 
     Windows are batched across clips and videos, so G runs at ``batch_size`` (the last batch may
     be short). The baselines predict from the very windows G sees, in the same pass.
     ``patch_size`` > 0 also scores every predictor by its worst tile (:func:`scoring.patch_psnr`).
+    ``smooth_sigma`` > 0 also scores every protocol on scores smoothed over that many frames.
     """
     from tqdm import tqdm
 
@@ -111,10 +118,12 @@ def evaluate_target(G: torch.nn.Module, name: str, shards: list[str], *, T: int,
     if not videos:
         raise ValueError(f"target '{name}': the test shards hold no clips")
     per_video, results = _finish_videos(name, videos, T)
+    protocols = {p: metrics.protocol_metrics(r, T, smooth_sigma) for p, r in results.items()}
     auc = scoring.frame_auc(results.pop("G"), T)
     baseline_aucs = {b: scoring.frame_auc(r, T) for b, r in results.items()}
     top = _top_frames(videos, per_video, top_frames)
-    result = TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs)
+    result = TargetResult(name, auc, per_video, scored, compute, top, baseline_aucs,
+                          protocols=protocols)
     if patch_size:
         patch = _patch_results(videos, per_video, T)
         result.patch_auc = scoring.frame_auc(patch.pop("G"), T)
@@ -254,17 +263,21 @@ def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], model: M
                      settings: EvalConfig, device: torch.device, *, progress: bool = True
                      ) -> dict[str, TargetResult]:
     """:func:`evaluate_target` on every target, with G's frames (``model.T``, ``model.image_size``)
-    and every ``eval.*`` setting (batch size, difference maps, worst-tile score) taken whole."""
+    and every ``eval.*`` setting (batch size, difference maps, worst-tile score, smoothing) taken whole."""
     return {name: evaluate_target(G, name, shards, T=model.T, size=model.image_size, device=device,
                                   batch_size=settings.batch_size, top_frames=settings.top_frames,
-                                  progress=progress, patch_size=settings.patch_size)
+                                  progress=progress, patch_size=settings.patch_size,
+                                  smooth_sigma=settings.smooth_sigma)
             for name, shards in targets.items()}
 
 
 def auc_table(results: dict[str, TargetResult]) -> str:
-    """A plain-text table: one row per target (G, each baseline, gain, frames, videos), then the mean."""
+    """A plain-text table: one row per target (G, each baseline, gain, frames, videos), then the
+    mean; then per target every protocol (:func:`metrics.protocol_table`)."""
     extra = {r.name: {"frames": str(r.num_frames), "videos": str(len(r.videos))} for r in results.values()}
-    return metrics.table(metrics.flat(results), extra)
+    flat = metrics.flat(results)
+    protocols = metrics.protocol_table(flat)
+    return metrics.table(flat, extra) + ("\n\n" + protocols if protocols else "")
 
 
 def efficiency(G: torch.nn.Module, cfg, results: dict[str, TargetResult] | None = None,
@@ -324,19 +337,25 @@ class EnergyMeter:
 
 
 def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, T: int,
-                 figures: dict | None = None, plots: bool = True) -> list[Path]:
-    """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files."""
+                 figures: dict | None = None, plots: bool = True,
+                 smooth_sigma: float = 0.0) -> list[Path]:
+    """``results.json`` (every frame's PSNR, score and label) and the plots; returns the files.
+
+    Plots per target: anomaly curves, difference maps, the ROC curves of G and the baselines and
+    the histogram of G's scores on normal and abnormal frames.
+    """
     from zxvad.config import check_target_name
 
     for name in results:  # before any file: a name like "../x" would write outside out_dir
         check_target_name(name, f"target '{name}'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"T": T, "mean_auc": metrics.mean_auc(results),
+    report = {"T": T, "mean_auc": metrics.mean_auc(results), "smooth_sigma": smooth_sigma,
               "metrics": metrics.flat(results), "efficiency": figures or {},
               "targets": {name: {"auc": r.auc, "baseline_auc": r.baseline_aucs, "gain": r.gain,
                                  "patch_auc": r.patch_auc,
                                  "patch_baseline_auc": r.patch_baseline_aucs,
+                                 "protocols": r.protocols,
                                  "scored_frames": r.num_frames, "videos": r.videos}
                           for name, r in results.items()}}
     files = [atomic_write(out / "results.json", json.dumps(report))]
@@ -348,6 +367,9 @@ def write_report(results: dict[str, TargetResult], out_dir: str | Path, *, T: in
             if r.top:
                 files.append(plot_lib.difference_maps(r.top, out / f"{name}-difference-maps.png",
                                                       title=name))
+            files.append(plot_lib.roc_curves(r.videos, out / f"{name}-roc.png", title=name))
+            files.append(plot_lib.score_histogram(r.videos, out / f"{name}-histogram.png",
+                                                  title=name))
     return files
 
 
@@ -390,9 +412,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="windows per G call, across clips and videos (default: eval.batch_size)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--smooth-sigma", type=float, default=None, metavar="FRAMES",
+                        help="also score every protocol on scores smoothed over time by a Gaussian "
+                             "of this many frames (default: eval.smooth_sigma; 0 = off)")
     parser.add_argument("--mlflow-run", default=None, metavar="RUN_ID",
                         help="also log the AUCs, figures and plots into this MLflow run")
     args = parser.parse_args(argv)
+    if args.smooth_sigma is not None and not args.smooth_sigma >= 0:
+        parser.error(f"--smooth-sigma {args.smooth_sigma}: must be 0 (off) or more frames")
     try:
         from zxvad.checkpoint import load_generator
         from zxvad.data import verify_shard_set
@@ -411,12 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(stored))
         for warning in warnings:
             print(warning, file=sys.stderr)
-        settings = cfg.eval if args.batch_size is None else replace(cfg.eval, batch_size=args.batch_size)
+        overrides = {"batch_size": args.batch_size, "smooth_sigma": args.smooth_sigma}  # None: the config's
+        settings = replace(cfg.eval, **{k: v for k, v in overrides.items() if v is not None})
+        sigma = settings.smooth_sigma
         with EnergyMeter(device) as meter:
             results = evaluate_targets(G, resolved, cfg.model, settings, device)
         figures = efficiency(G, cfg, results, meter.joules)
         files = write_report(results, args.out, T=cfg.model.T, figures=figures,
-                             plots=not args.no_plots)
+                             plots=not args.no_plots, smooth_sigma=sigma)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

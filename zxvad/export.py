@@ -9,6 +9,8 @@ prediction against the real frame, on [0, 1] images (see ``zxvad.scoring``). Bes
 ``FILE.json`` records T, S, the value range and the config. After writing, the export is loaded
 back (TorchScript by torch.jit.load, ONNX by onnxruntime) and its outputs on random windows are
 compared with PyTorch's; a difference above ``--atol`` is an error and removes the files.
+A calibration stored with the checkpoint (``python -m zxvad.calibrate``) is copied to
+``FILE.calibration.json``, where ``zxvad.detect --checkpoint FILE`` finds it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from shards.storage import atomic_path, atomic_write
+from zxvad import calibration
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 ONNX_OPSET = 18
@@ -145,12 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         G, cfg = load_generator(args.checkpoint, torch.device("cpu"))
         out = args.out or f"export-out/generator-{cfg.model.image_size}{FORMATS[args.format]}"
         path, diff = export(G, cfg, args.format, out, args.atol, source=str(args.checkpoint))
+        found = calibration.find(args.checkpoint)  # the camera's scale travels with the model
+        if found is not None:
+            found.save(calibration.beside_checkpoint(path))
     except (ValueError, RuntimeError, OSError, ImportError) as err:
         lines = str(err).strip().splitlines() or [type(err).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)
         return 2
     print(f"wrote {path} ({args.format}, {path.stat().st_size / 1e6:.2f} MB) and {path}.json; "
           f"max |exported - PyTorch| = {diff:.2e} on batches of 1 and 3")
+    if found is not None:
+        print(f"wrote {calibration.beside_checkpoint(path)} (the checkpoint's calibration)")
     return 0
 
 

@@ -10,7 +10,17 @@ Evaluation, training, tracking, Tune and ``tune.compare`` all use these names:
 - with ``eval.patch_size`` > 0, the worst-tile score (beyond the paper, :func:`zxvad.scoring.patch_psnr`)
   beside them: ``auc_patch/<target>`` and ``/mean`` (G), ``auc_patch_baseline/<name>/<target>``,
   and ``auc_patch_gain/<target>`` and ``/mean``: G's worst-tile AUC minus the best baseline under
-  either score (the paper's or the worst tile's), so a win is a win over every trivial predictor.
+  either score (the paper's or the worst tile's), so a win is a win over every trivial predictor;
+- the other protocols papers report (:data:`zxvad.scoring.PROTOCOLS`), for G and every baseline
+  alike, under the names of :data:`PROTOCOL_METRICS`: ``auc_raw`` (pooled AUC of -PSNR, no
+  per-video normalisation), ``auc_macro`` (mean of per-video AUCs; videos of one class are left
+  out), ``aupr`` and ``eer`` (of the pooled min-max score). Each is written as ``NAME/<target>``
+  and ``NAME/mean`` (G), ``NAME_baseline/<baseline>/<target>`` and ``NAME_gain/<target>`` and
+  ``/mean`` (G better by that many points: for ``eer``, the best baseline's EER minus G's);
+- with ``eval.smooth_sigma`` > 0, every protocol again on scores smoothed over time by a Gaussian
+  of that many frames, named with ``_smooth`` (``auc_smooth/<target>``, ``eer_smooth/<target>``, ...).
+
+``auc/<target>`` stays the papers' figure (pooled AUC, per-video min-max), so old runs compare.
 """
 
 from __future__ import annotations
@@ -21,6 +31,46 @@ from typing import Mapping, Protocol
 from zxvad.scoring import BASELINES
 
 from zxvad.names import AUC, BASELINE, GAIN, MEAN, PATCH, PATCH_BASELINE, PATCH_GAIN  # noqa: F401 (re-exported)
+
+# scoring.all_protocols' keys -> metric names; micro_minmax is the papers' figure, ``auc``
+PROTOCOL_METRICS = {"micro_minmax": AUC, "micro_raw": "auc_raw", "macro": "auc_macro",
+                    "aupr": "aupr", "eer": "eer"}
+PROTOCOL_TITLES = {"auc": "AUC, per-video min-max (papers)", "auc_raw": "AUC, raw -PSNR",
+                   "auc_macro": "AUC, macro (per video)", "aupr": "AUPR (min-max)",
+                   "eer": "EER (min-max, lower better)"}
+SMOOTH = "_smooth"
+LOWER_IS_BETTER = ("eer", "eer" + SMOOTH)
+
+
+def protocol_names(smoothed: bool = False) -> list[str]:
+    """The metric names of every protocol, then (when ``smoothed``) their ``_smooth`` twins."""
+    names = list(PROTOCOL_METRICS.values())
+    return names + [n + SMOOTH for n in names] if smoothed else names
+
+
+def lower_is_better(metric: str) -> bool:
+    """True for an error rate (``eer/<target>``), where the best run has the lowest value."""
+    return metric.split("/", 1)[0] in LOWER_IS_BETTER
+
+
+def protocol_metrics(videos, T: int, sigma: float = 0.0) -> dict[str, float]:
+    """Every protocol of one predictor's :class:`zxvad.scoring.VideoResult` s, by metric name;
+    with ``sigma`` > 0 also each on scores smoothed over ``sigma`` frames (``NAME_smooth``)."""
+    from zxvad.scoring import all_protocols
+
+    out = {PROTOCOL_METRICS[k]: v for k, v in all_protocols(videos, T).items()}
+    if sigma > 0:
+        out.update({PROTOCOL_METRICS[k] + SMOOTH: v
+                    for k, v in all_protocols(videos, T, sigma).items()})
+    return out
+
+
+def protocol_gain(name: str, g: float, baselines: Mapping[str, float]) -> float:
+    """How much better G is than the best baseline under ``name`` (positive = G better)."""
+    values = [v for v in baselines.values() if not math.isnan(v)]
+    if not values or math.isnan(g):
+        return math.nan
+    return min(values) - g if name in LOWER_IS_BETTER else g - max(values)
 
 
 class Scored(Protocol):
@@ -61,12 +111,75 @@ def flat(results: Mapping[str, Scored]) -> dict[str, float]:
                       **r.baseline_aucs}
             if either:
                 out[f"{PATCH_GAIN}/{target}"] = gain(patch, either)
+        out.update(_protocol_flat(target, getattr(r, "protocols", None) or {}))
     out[f"{AUC}/{MEAN}"] = mean_auc(results)
-    for key in (GAIN, PATCH, PATCH_GAIN):
+    extra = [n for n in protocol_names(True) if n != AUC]
+    for key in (GAIN, PATCH, PATCH_GAIN, *extra, *(f"{n}_gain" for n in extra)):
         values = [out[f"{key}/{t}"] for t in results if f"{key}/{t}" in out]
         if values:
             out[f"{key}/{MEAN}"] = _mean(values)
     return out
+
+
+def _protocol_flat(target: str, protocols: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{predictor: {name: value}}`` of one target under :data:`PROTOCOL_METRICS` names (``auc``
+    itself, already written as the papers' figure, is left out unless smoothed)."""
+    out: dict[str, float] = {}
+    g = protocols.get("G", {})
+    for name, value in g.items():
+        if name == AUC:
+            continue
+        out[f"{name}/{target}"] = float(value)
+        baselines = {b: float(p[name]) for b, p in protocols.items() if b != "G" and name in p}
+        for b, v in baselines.items():
+            out[f"{name}_baseline/{b}/{target}"] = v
+        if baselines:
+            out[f"{name}_gain/{target}"] = protocol_gain(name, float(value), baselines)
+    return out
+
+
+def protocol_rows(metrics: Mapping[str, float], target: str) -> dict[str, dict[str, float]]:
+    """``{metric name: {"G": v, <baseline>: v, "gain": g}}`` of one target, back from :func:`flat`."""
+    rows: dict[str, dict[str, float]] = {}
+    for name in protocol_names(True):
+        g = metrics.get(f"{name}/{target}")
+        if g is None:
+            continue
+        base = BASELINE if name == AUC else f"{name}_baseline"
+        row = {"G": float(g), **{b: float(metrics[f"{base}/{b}/{target}"]) for b in BASELINES
+                                 if f"{base}/{b}/{target}" in metrics}}
+        gain_key = f"{GAIN if name == AUC else name + '_gain'}/{target}"
+        if gain_key in metrics:
+            row["gain"] = float(metrics[gain_key])
+        rows[name] = row
+    return rows
+
+
+def protocol_table(metrics: Mapping[str, float]) -> str:
+    """Plain text: per target, one row per protocol (G, each baseline, gain in points)."""
+    targets = [k.split("/", 1)[1] for k in metrics
+               if k.startswith(f"{AUC}/") and k != f"{AUC}/{MEAN}"]
+    blocks = []
+    for target in targets:
+        rows = protocol_rows(metrics, target)
+        if len(rows) < 2:  # only the papers' AUC: the main table already shows it
+            continue
+        head = ["G", *[b for b in BASELINES if any(b in r for r in rows.values())], "gain"]
+        lines = [f"{target:<44}" + "".join(f"{c:>11}" for c in head)]
+        for name, row in rows.items():
+            title = PROTOCOL_TITLES.get(name.removesuffix(SMOOTH), name)
+            title += ", smoothed" if name.endswith(SMOOTH) else ""
+            cells = []
+            for c in head:
+                v = row.get(c)
+                cells.append(f"{'-':>11}" if v is None or math.isnan(v)
+                             else f"{100 * v:+11.2f}" if c == "gain" else f"{100 * v:11.2f}")
+            lines.append(f"{title:<44}" + "".join(cells))
+        blocks.append("\n".join(lines))
+    if blocks:
+        blocks.append("protocols in %; gain: G better than the best baseline by that many points "
+                      "(for EER: the best baseline's EER minus G's)")
+    return "\n\n".join(blocks)
 
 
 def per_target(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:

@@ -1,4 +1,5 @@
-"""Plots a person would rather look at than read: anomaly curves and difference maps (PNG)."""
+"""Plots a person would rather look at than read: anomaly curves, difference maps, ROC curves and
+score histograms (PNG)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,69 @@ def anomaly_curves(videos: list[dict], path: str | Path, title: str = "") -> Pat
         ax.axis("off")
     fig.suptitle(f"{title}: anomaly score (1 - normalised PSNR); red = labeled anomaly; "
                  "grey = copy-last baseline", fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _pooled(videos: list[dict], psnr_of) -> tuple[np.ndarray, np.ndarray]:
+    """Per-video min-max scores (the papers' protocol) and labels of all videos, pooled."""
+    scores = [scoring.normalize_scores(np.asarray(psnr_of(v), dtype=np.float64)) for v in videos]
+    labels = [np.asarray(v["label"]) for v in videos]
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def roc_curves(videos: list[dict], path: str | Path, title: str = "") -> Path:
+    """ROC of G's pooled min-max scores beside each trivial baseline's, with their AUCs."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    predictors = {"G": lambda v: v["psnr"]}
+    for b in videos[0].get("baseline_psnr", {}) if videos else []:
+        predictors[b] = lambda v, b=b: v["baseline_psnr"][b]
+    for name, psnr_of in predictors.items():
+        scores, labels = _pooled(videos, psnr_of)
+        if len(np.unique(labels)) != 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels, scores)
+        auc = roc_auc_score(labels, scores)
+        ax.plot(fpr, tpr, lw=1.8 if name == "G" else 1.0, alpha=1.0 if name == "G" else 0.7,
+                label=f"{name} (AUC {100 * auc:.1f} %)")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("false-positive rate (normal frames flagged)", fontsize=8)
+    ax.set_ylabel("true-positive rate (abnormal frames flagged)", fontsize=8)
+    ax.set_title(f"{title}: ROC, pooled, per-video min-max", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def score_histogram(videos: list[dict], path: str | Path, title: str = "") -> Path:
+    """Histograms of G's scores on normal and on abnormal frames: min-max (left), raw PSNR (right)."""
+    plt = _pyplot()
+    path = Path(path)
+    scores, labels = _pooled(videos, lambda v: v["psnr"])
+    psnr = np.concatenate([np.asarray(v["psnr"], dtype=np.float64) for v in videos])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, values, bins, xlabel in ((left, scores, np.linspace(0, 1, 41), "anomaly score (per-video min-max)"),
+                                     (right, psnr, 40, "PSNR of G's prediction (dB)")):
+        edges = np.histogram_bin_edges(values, bins=bins)
+        for label, colour, name in ((0, "tab:blue", "normal"), (1, "tab:red", "abnormal")):
+            chosen = values[labels == label]
+            if chosen.size:
+                ax.hist(chosen, bins=edges, color=colour, alpha=0.5, density=True,
+                        label=f"{name} ({chosen.size})")
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+    left.set_ylabel("density", fontsize=8)
+    left.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: G's scores on normal and abnormal frames", fontsize=10)
     fig.tight_layout()
     try:
         return _save(fig, path)

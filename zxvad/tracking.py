@@ -267,31 +267,10 @@ class RunLogger:
         batch = [Metric(loss_metric(k), float(v), now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_generator(self, G: Any, config_file: str | Path, cfg: Config, aucs: dict[str, float]) -> None:
-        """The final G with its config, a signature and an input example; registered if asked.
-
-        The registered version carries the AUCs as tags, so the registry alone can rank versions.
-        """
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
-
-        from zxvad.models.generator import PredictionOnly
-
-        G = PredictionOnly(G)  # one output tensor, so pyfunc and `mlflow models serve` work
-        m = cfg.model
-        example = torch.zeros(1, m.T, 3, m.image_size, m.image_size)
-        was_training = G.training
-        G.eval()
-        with torch.no_grad():
-            prediction = G(example.to(next(G.parameters()).device)).cpu()
-        G.train(was_training)
+    def tag_version(self, cfg: Config, info: Any, aucs: dict[str, float]) -> None:
+        """The registered version of the final G carries the AUCs as tags, so the registry alone
+        can rank versions (G itself is logged by :func:`zxvad.serving.log_model`)."""
         register_as = cfg.tracking.register_as or None
-        # pickle, not pt2 export: G is rebuilt from the installed zxvad package on load
-        info = mlflow.pytorch.log_model(G, name=GENERATOR_MODEL, serialization_format="pickle",
-                                        pip_requirements=["torch", "zxvad"], extra_files=[str(config_file)],
-                                        signature=infer_signature(example.numpy(), prediction.numpy()),
-                                        input_example=example.numpy(), registered_model_name=register_as)
         version = getattr(info, "registered_model_version", None)
         if register_as and version is not None:
             tags = {**{k: f"{v:.6f}" for k, v in aucs.items()}, RUN_NAME_TAG: cfg.tracking.run_name}
@@ -315,13 +294,36 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
         client.log_artifact(run_id, str(path), artifact_path="evaluation")
 
 
+CHECKPOINT_ARTIFACT = "checkpoint"  # inside a scoring model: G's weights, config, calibration
+
+
+def served_checkpoint(uri: str) -> Path | None:
+    """The checkpoint folder inside an MLflow scoring model (:func:`zxvad.serving.log_model`),
+    downloaded; None for a model of another kind (an older run's ``mlflow.pytorch`` G)."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    folder = local / "artifacts" / CHECKPOINT_ARTIFACT
+    return folder if folder.is_dir() else None
+
+
 def load_generator_model(uri: str, device, config_file: str) -> tuple[Any, str]:
-    """G logged as an MLflow model (``runs:/ID/generator``) and the text of its config file."""
+    """G logged as an MLflow model (``runs:/ID/generator``, ``models:/NAME@alias``) and the text
+    of its config file."""
     import mlflow
     import mlflow.pytorch
     import torch
 
     try:
+        folder = served_checkpoint(uri)
+        if folder is not None:  # a scoring model: G rebuilt from its config, weights loaded
+            from zxvad.config import from_yaml_text
+            from zxvad.models import build_generator
+
+            config_text = (folder / config_file).read_text()
+            G = build_generator(from_yaml_text(config_text).model)
+            G.load_state_dict(torch.load(folder / "state.pt", map_location="cpu")["G"])
+            return G.to(device), config_text
         G = mlflow.pytorch.load_model(uri, map_location=torch.device(device))
         G = getattr(G, "G", G)  # logged as PredictionOnly(G); older runs logged G itself
         config_text = mlflow.artifacts.load_text(uri.rstrip("/") + "/extra_files/" + config_file)

@@ -16,7 +16,7 @@ import torch
 from zxvad import checkpoint as ckpt
 from zxvad import evaluate as ev
 from zxvad import metrics as metrics_lib
-from zxvad import names
+from zxvad import names, serving
 from zxvad import tracking
 from zxvad.config import Config
 from zxvad.data import ClipLoader, DonorLoader, ShardError, verify_shard_set
@@ -127,7 +127,8 @@ def _evaluate(state, cfg: Config, targets: dict, device, step: int, folder: Path
     results = ev.evaluate_targets(state.G, targets, cfg.model, cfg.eval, device, progress=False)
     figures = ev.efficiency(state.G, cfg, results) if last else {}
     files = ev.write_report(results, folder / "eval", T=cfg.model.T,
-                            figures=figures, plots=cfg.eval.plots and last)
+                            figures=figures, plots=cfg.eval.plots and last,
+                            smooth_sigma=cfg.eval.smooth_sigma)
     print(f"evaluation at step {step}:\n{ev.auc_table(results)}", flush=True)
     return results, figures, files
 
@@ -158,7 +159,9 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
                                             step=step, uri=run.uri)
             if last and run is not None:
                 auc = {k: v for k, v in metrics.items() if names.is_auc_or_gain(k)}
-                run.log_generator(unwrap(state.G), Path(folder) / ckpt.CONFIG_FILE, job.cfg, auc)
+                info = serving.log_model(unwrap(state.G), job.cfg,  # a pyfunc that serves per-frame scores
+                                         registered_model_name=job.cfg.tracking.register_as or None)
+                run.tag_version(job.cfg, info, auc)
             report_ckpt = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=report_ckpt)
 
