@@ -38,8 +38,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from shards import readers
-from shards.encode import DEFAULT_FPS, check_quality, encode_clip, resize_frame
+from shards import readers, windows
+from shards.encode import DEFAULT_FPS, check_quality, encode_clip, resize_frame, to_rgb
 from shards.fidelity import Fidelity, measure_clip, summary_line
 from shards.format import (FORMAT_VERSION, FRACTION_CUTS, SHARD_PATTERN, VIDEO_EXT, ClipMeta,
                            sample_key, video_hash)
@@ -51,6 +51,10 @@ TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the fram
 # Measured with `python -m zxvad.bench codec` (docs/data-and-shards.md): `high` shifts real clips' consecutive-frame
 # PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
 TRAIN_QUALITY = "lossless"
+# One keyframe per clip, on its first frame, unless asked: each clip decodes on its own (it is its
+# own file), and denser keyframes buy DALI 2.4 nothing inside a 16-frame clip (its decoder reads
+# forward from the first frame unless it leaps over 10 frames) while costing 3-48 % more bytes
+# at 4 frames apart (docs/loader.md).
 FIDELITY_SAMPLE = 0.02  # clips decoded again per build, by key hash
 SKIPPED_SHOWN = 20  # skipped inputs listed after a build; all of them are in the manifest
 
@@ -132,10 +136,11 @@ def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple
     spans: list[tuple[int, int, bytes]] = []
     buffer: list = []
     first, n, orig_size = 0, 0, [0, 0]
+    clean = opt.get("clean_windows") if opt["split"] == "train" else None
 
     def encode(frames: list, start: int) -> None:
         began = time.perf_counter()
-        data = encode_clip(frames, opt["codec"], fps, opt["quality"])
+        data = encode_clip(frames, opt["codec"], fps, opt["quality"], opt.get("keyframe_interval", 0))
         result["encode_seconds"] += time.perf_counter() - began
         if _sampled(opt, video.video_id, start):
             try:
@@ -146,15 +151,29 @@ def _cut_and_encode(video, opt: dict[str, Any], result: dict[str, Any]) -> tuple
             result["fidelity"] = total.to_dict()
         spans.append((start, len(frames), data))
 
-    for rgb in readers.read_frames(video):
-        if n == 0:
-            orig_size = list(rgb.shape[:2])
-        buffer.append(resize_frame(rgb, tuple(opt["size"]), opt["codec"]))
-        n += 1
+    def resized():
+        nonlocal n, orig_size
+        for rgb in readers.read_frames(video):
+            if n == 0:
+                orig_size = list(rgb.shape[:2])
+            n += 1
+            yield resize_frame(rgb, tuple(opt["size"]), opt["codec"])
+
+    if clean:  # repeated frames left out, no clip across a cut (the shorter rest is dropped)
+        stream = windows.clean_frames(resized(), to_rgb, clean["cut_db"], clean["spike_db"],
+                                      counts=result.setdefault("clean", {}))
+    else:
+        stream = ((i, frame, False) for i, frame in enumerate(resized()))
+    for index, frame, new_segment in stream:
+        if new_segment:
+            buffer = []
+        if not buffer:
+            first = index
+        buffer.append(frame)
         if len(buffer) == clip_len:
             encode(buffer, first)
             buffer = buffer[clip_len - keep:] if keep else []
-            first = n - len(buffer)
+            first = index + 1 - len(buffer)
     if keep and len(buffer) > keep:  # test sets: a shorter last clip for the frames left
         encode(buffer, first)
     return spans, n, fps, orig_size
@@ -271,6 +290,11 @@ class BuildOptions:
         work_dir: for S3 outputs, where the staging files and resume state live.
         skip_bad_test_videos: list an unreadable, truncated or short-decoding labelled test video
             as skipped instead of stopping the build.
+        clean_windows: training sets: leave out repeated frames and start a new clip after a
+            scene cut (``shards.windows``; its thresholds go into the manifest). Test sets keep
+            every frame.
+        keyframe_interval: VP9 frames between keyframes inside a clip (recorded in the manifest;
+            MJPEG's are all keyframes: 1); None: ``clip_len``, the clip's first frame only.
     """
 
     split: str = "train"
@@ -291,9 +315,17 @@ class BuildOptions:
     list_split: int = 1
     work_dir: str | Path | None = None
     skip_bad_test_videos: bool = False
+    clean_windows: bool = True
+    keyframe_interval: int | None = None
 
     def checked(self, dataset: str) -> "BuildOptions":
-        """Validated, with the size as ``(H, W)`` and the quality and prefix filled in; BuildError otherwise."""
+        """Validated, with the size as ``(H, W)`` and the quality, keyframe interval and prefix
+        filled in; BuildError otherwise."""
+        keyframe_interval = self.clip_len if self.keyframe_interval is None else self.keyframe_interval
+        if self.codec == "mjpeg":
+            keyframe_interval = 1
+        if keyframe_interval < 1:
+            raise BuildError(f"keyframe_interval {keyframe_interval!r}: expected at least 1")
         if dataset not in readers.DATASETS:
             raise BuildError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(readers.DATASETS))})")
         if self.split not in ("train", "test"):
@@ -318,7 +350,8 @@ class BuildOptions:
         for name, value, ok, expected in checks:
             if not ok:
                 raise BuildError(f"{name} {value!r}: expected {expected}")
-        return replace(self, size=size, quality=quality, prefix=self.prefix or f"{dataset}-{self.split}")
+        return replace(self, size=size, quality=quality, prefix=self.prefix or f"{dataset}-{self.split}",
+                       keyframe_interval=keyframe_interval)
 
     def recorded(self, root: str | Path) -> dict[str, Any]:
         """The options a manifest records, and a resumed build must match (of checked options)."""
@@ -326,14 +359,17 @@ class BuildOptions:
                 "overlap": self.overlap, "size": list(self.size), "codec": self.codec, "quality": self.quality,
                 "fidelity_sample": self.fidelity_sample, "fraction": self.fraction, "seed": self.seed,
                 "max_samples": self.max_samples, "max_bytes": self.max_bytes, "prefix": self.prefix,
-                "video_ext": VIDEO_EXT}
+                "video_ext": VIDEO_EXT, "clean_windows": _clean_thresholds(self.split, self.clean_windows),
+                "keyframe_interval": self.keyframe_interval}
 
     def encoding(self, dataset: str, always_check: str) -> dict[str, Any]:
         """What each encoding task needs (a plain dict: it travels to worker processes and Ray tasks)."""
         return {"dataset": dataset, "split": self.split, "clip_len": self.clip_len, "overlap": self.overlap,
                 "size": list(self.size), "codec": self.codec, "quality": self.quality,
                 "fidelity_sample": self.fidelity_sample, "always_check": always_check,
-                "skip_bad_test": self.skip_bad_test_videos}
+                "skip_bad_test": self.skip_bad_test_videos,
+                "clean_windows": _clean_thresholds(self.split, self.clean_windows),
+                "keyframe_interval": self.keyframe_interval}
 
 
 def build(dataset: str, root: str | Path, out: str | Path, options: BuildOptions | None = None,
@@ -378,6 +414,13 @@ def build(dataset: str, root: str | Path, out: str | Path, options: BuildOptions
     run["seconds"] = time.time() - started
     run["frames_per_second"] = run["frames_decoded"] / max(run["seconds"], 1e-9)
     return {**manifest, "run": run}
+
+
+def _clean_thresholds(split: str, on: bool) -> dict[str, float] | None:
+    """The clean-window thresholds a training set is built with (None: off, or a test set)."""
+    if split != "train" or not on:
+        return None
+    return {"cut_db": windows.CUT_DB, "spike_db": windows.SPIKE_DB}
 
 
 def _publish_manifest(sink, manifest: dict[str, Any], root: str | Path, prefix: str) -> dict[str, Any]:
@@ -481,6 +524,8 @@ def _encode_all(writer: "_BucketWriter", work: Iterable, total: int, *, workers:
                 raise BuildError(result["error"])
             writer.add(result)
             run["frames_decoded"] += result["frames_decoded"]
+            for key, value in result.get("clean", {}).items():  # repeated frames and cuts
+                run[key] = run.get(key, 0) + value
             run["encode_seconds"] += result["encode_seconds"]
             bar.update(1)
             bar.set_postfix(fps=f"{run['frames_decoded'] / max(time.time() - began, 1e-9):.0f}")
@@ -635,6 +680,11 @@ def summary(manifest: dict[str, Any]) -> str:
              + (f" (encoder alone {encode_fps:.0f} frames/s)" if encode_fps else "")
              + (" (resumed)" if run.get("resumed") else ""),
              summary_line(manifest.get("fidelity"))]
+    clean = options.get("clean_windows")
+    if clean:
+        lines.append(f"clean windows: {run.get('duplicates', 0)} repeated frames left out, "
+                     f"{run.get('cuts', 0)} cuts split (steps over {clean['spike_db']:g} dB above a "
+                     f"neighbouring step, or below {clean['cut_db']:g} dB)")
     lines += [f"skipped {s['input']}: {s['reason']}" for s in manifest["skipped"][:SKIPPED_SHOWN]]
     if len(manifest["skipped"]) > SKIPPED_SHOWN:  # a Jester-sized build can skip thousands
         lines.append(f"... and {len(manifest['skipped']) - SKIPPED_SHOWN} more skipped (see manifest.json)")
@@ -674,6 +724,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--list-split", type=int, default=1, help="official split list (UCF101, HMDB51)")
     p.add_argument("--work-dir", default=None, help="S3 outputs: local staging and resume state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--clean-windows", action=argparse.BooleanOptionalAction, default=True,
+                   help="training sets: leave out repeated frames and split clips at scene cuts "
+                        "(thresholds in shards/windows.py, recorded in manifest.json)")
+    p.add_argument("--keyframe-interval", type=int, default=None,
+                   help="VP9 frames between keyframes in a clip (default: the clip length, one per clip)")
     p.add_argument("--skip-bad-test-videos", action="store_true",
                    help="test sets: list an unreadable or truncated labelled video as skipped instead of stopping")
     args = p.parse_args(argv)
@@ -684,7 +739,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                                workers=args.workers, seed=args.seed, max_samples=args.max_samples,
                                max_bytes=parse_bytes(args.max_bytes), prefix=args.prefix, use_ray=args.ray,
                                progress=not args.quiet, list_split=args.list_split, work_dir=args.work_dir,
-                               skip_bad_test_videos=args.skip_bad_test_videos)
+                               skip_bad_test_videos=args.skip_bad_test_videos,
+                               clean_windows=args.clean_windows, keyframe_interval=args.keyframe_interval)
         manifest = build(args.dataset, args.root, args.out, options)
     except (BuildError, readers.ReaderError) as e:
         print(f"error: {e}", file=sys.stderr)

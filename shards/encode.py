@@ -61,7 +61,7 @@ def check_quality(codec: str, quality: str) -> None:
 
 
 def encode_clip(frames: Iterable[av.VideoFrame | np.ndarray], codec: str = "vp9",
-                fps: float = DEFAULT_FPS, quality: str = "high") -> bytes:
+                fps: float = DEFAULT_FPS, quality: str = "high", keyframe_interval: int = 0) -> bytes:
     """Encode frames of one clip into a Matroska file.
 
     Args:
@@ -70,6 +70,8 @@ def encode_clip(frames: Iterable[av.VideoFrame | np.ndarray], codec: str = "vp9"
         codec: ``"vp9"`` or ``"mjpeg"``.
         fps: frame rate written into the container.
         quality: ``"lossless"`` (VP9 only), ``"high"`` or ``"compact"``.
+        keyframe_interval: VP9: a keyframe every this many frames, exactly (0: the first frame
+            only, up to libvpx's own maximum distance). MJPEG frames are all keyframes.
 
     Returns:
         The bytes of the ``.mkv`` file.
@@ -84,7 +86,8 @@ def encode_clip(frames: Iterable[av.VideoFrame | np.ndarray], codec: str = "vp9"
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 frame = frame.reformat(format=pixel_format(codec))
             if stream is None:
-                stream = _add_stream(container, codec, quality, rate, frame.height, frame.width)
+                stream = _add_stream(container, codec, quality, rate, frame.height, frame.width,
+                                     keyframe_interval)
             frame.pts = None  # the encoder numbers frames 0, 1, 2, ... in 1/rate units
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -95,9 +98,12 @@ def encode_clip(frames: Iterable[av.VideoFrame | np.ndarray], codec: str = "vp9"
     return buf.getvalue()
 
 
-def _add_stream(container, codec: str, quality: str, rate: Fraction, height: int, width: int):
+def _add_stream(container, codec: str, quality: str, rate: Fraction, height: int, width: int,
+                keyframe_interval: int = 0):
     if codec == "vp9":
         level = {"lossless": "1"} if quality == "lossless" else {"crf": str(VP9_CRF[quality])}
+        if keyframe_interval > 0:  # fixed spacing: libvpx may place none nearer than keyint_min
+            level.update(g=str(keyframe_interval), keyint_min=str(keyframe_interval))
         stream = container.add_stream("libvpx-vp9", rate=rate, options={**_VP9_OPTIONS, **level})
     else:
         stream = container.add_stream("mjpeg", rate=rate)

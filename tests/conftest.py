@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_CLIPS = Path(os.environ.get("ZXVAD_REAL_CLIPS", ROOT.parent / "shared" / "data" / "real-clips"))
+PED2_DEV = Path(os.environ.get("ZXVAD_PED2", ROOT.parent / "shared" / "data" / "ped2-dev"))
 
 
 def pytest_runtest_setup(item):
@@ -35,6 +36,14 @@ def real_clips() -> Path:
     if not REAL_CLIPS.is_dir():
         pytest.skip(f"real clips not found at {REAL_CLIPS} (set ZXVAD_REAL_CLIPS)")
     return REAL_CLIPS
+
+
+@pytest.fixture(scope="session")
+def ped2_dev() -> Path:
+    """UCSD Ped2 (frames + ped2.mat): the real anomalies; skipped (with the reason) where absent."""
+    if not (PED2_DEV / "ped2.mat").is_file():
+        pytest.skip(f"UCSD Ped2 not found at {PED2_DEV} (frames + ped2.mat; set ZXVAD_PED2)")
+    return PED2_DEV
 
 
 # One SeaweedFS server for the whole session, defined here once: a fixture imported into several

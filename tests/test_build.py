@@ -19,9 +19,11 @@ import pytest
 import webdataset as wds
 
 from layouts import LAYOUTS, frame_level, write_layout, write_video
+from shards import windows
 from shards.build import build, main, parse_size
 from shards.encode import encode_clip, resize_frame
 from shards.format import FRACTION_CUTS, MANIFEST_NAME, VIDEO_EXT, ClipMeta, shards_for_fraction, video_hash
+from shards.readers import list_videos
 from shards.writer import BuildError, sha256_file, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +95,34 @@ def test_encode_clip_keeps_every_frame_and_its_content(codec):
     means = [f.mean() for f in decoded]
     expected = [make_frame(i, (48, 64)).mean() for i in range(9)]
     assert np.max(np.abs(np.array(means) - expected)) < 6
+
+
+def _keyframes(data: bytes) -> list[int]:
+    with av.open(io.BytesIO(data)) as container:
+        return [i for i, packet in enumerate(container.demux(video=0)) if packet.size and packet.is_keyframe]
+
+
+def test_keyframe_interval_places_keyframes_exactly():
+    from layouts import make_frame
+    frames = [resize_frame(make_frame(i, (48, 64)), (32, 48), "vp9") for i in range(16)]
+    assert _keyframes(encode_clip(frames, "vp9", quality="lossless")) == [0]  # the clip decodes alone
+    assert _keyframes(encode_clip(frames, "vp9", quality="lossless", keyframe_interval=4)) == [0, 4, 8, 12]
+    assert _keyframes(encode_clip(frames, "vp9", quality="high", keyframe_interval=16)) == [0]
+
+
+def test_manifest_records_the_keyframe_interval(tmp_path):
+    from helpers import frame_folders
+    root = frame_folders(tmp_path / "videos", [10, 10], labelled=False)
+    manifest = build("videofolder", root, tmp_path / "a", clip_len=8, size=(16, 16), progress=False)
+    assert manifest["options"]["keyframe_interval"] == 8  # one keyframe per clip by default
+    manifest = build("videofolder", root, tmp_path / "b", clip_len=8, size=(16, 16), progress=False,
+                     keyframe_interval=2)
+    assert manifest["options"]["keyframe_interval"] == 2
+    tar = tarfile.open(tmp_path / "b" / manifest["shards"][0]["name"])
+    clip = next(m for m in tar if m.name.endswith("." + VIDEO_EXT))
+    assert _keyframes(tar.extractfile(clip).read()) == [0, 2, 4, 6]
+    with pytest.raises(BuildError, match="keyframe_interval 0"):
+        build("videofolder", root, tmp_path / "c", clip_len=8, size=(16, 16), progress=False, keyframe_interval=0)
 
 
 def test_write_tar_writes_what_webdataset_tarwriter_writes_without_importing_torch(tmp_path):
@@ -302,7 +332,9 @@ def test_resume_after_sigkill_finishes_without_duplicates(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "(resumed)" in again.stdout
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    _check_complete(out, manifest, 16 * 10)
+    # make_frame's brightness wraps every 15 frames: two cuts a video, so clean windows store
+    # segments of 15, 15 and 10 frames, 3 + 3 + 2 clips of 4
+    _check_complete(out, manifest, 16 * 8)
     clean = build("videofolder", tmp_path / "v", tmp_path / "clean", clip_len=4, size=(96, 128), max_samples=3,
                   progress=False)
     assert manifest["shards"] == clean["shards"]  # same shards, byte for byte, as an uninterrupted build
@@ -339,8 +371,19 @@ def test_real_clips_shard_and_decode_with_dali(tmp_path, real_clips):
     assert manifest["totals"]["skipped"] == 1 and manifest["totals"]["videos"] == 8
     assert manifest["skipped"][0]["input"].endswith("tree_window.avi")
     assert manifest["skipped"][0]["reason"].startswith("truncated: the file ends 376 frames before")
-    # frames each other file decodes to (SOURCES.md), 16-frame clips, remainder dropped
-    assert manifest["totals"]["clips"] == sum(n // 16 for n in (164, 300, 280, 32, 103, 795, 250, 120))
+    # frames each other file decodes to (SOURCES.md), 16-frame clips, remainder dropped; clean
+    # windows leave repeated frames out and start a clip after each cut (shards.windows)
+    frames = dict(zip(("carphone", "kinetics_like_arm_wrestling", "kinetics_like_pool",
+                       "rawvideo_part0", "ntu_like_S001C001P001R001A001", "street_pedestrians_vtest",
+                       "street_bikes", "ucf101_like_eye_makeup"), (120, 280, 300, 32, 103, 795, 250, 164)))
+    expected = 0
+    for video in list_videos("videofolder", real_clips, "train"):
+        if video.video_id in frames:
+            stored = windows.stored_frames(video, (64, 64))
+            assert len(stored) == frames[video.video_id]
+            segments = np.cumsum([new for _, _, new in windows.clean_frames(stored, lambda f: f)])
+            expected += sum(np.bincount(segments)[1:] // 16)
+    assert manifest["totals"]["clips"] == expected < sum(n // 16 for n in frames.values())
     decoded = dali_decode_manifest(tmp_path / "o", manifest)
     assert len(decoded) == manifest["totals"]["clips"]
     assert all(frames.shape == (16, 64, 64, 3) for frames, _ in decoded)

@@ -273,3 +273,79 @@ def test_relative_shard_set_resolves_to_absolute_paths(train_set, monkeypatch):
     monkeypatch.chdir(train_set.parent)
     shards = resolve_shards(train_set.name)
     assert shards and all(os.path.isabs(s) and os.path.exists(s) for s in shards)
+
+
+# -- decoding only what a batch uses ----------------------------------------------------------------
+
+def _starts(loader, batches: int) -> torch.Tensor:
+    it = iter(loader)
+    return torch.cat([read_pattern(next(it))[0][:, 0] for _ in range(batches)])
+
+
+@pytest.mark.parametrize("windows", [1, 0])
+def test_window_starts_keep_the_whole_clip_reads_distribution(train_set, windows):
+    """What the model sees does not change: every window starts uniformly over the clip's 8 valid
+    starts (12 frames, 5 kept), as with the earlier loader that decoded every frame."""
+    shards = resolve_shards(str(train_set))
+    common = dict(batch_size=8, clip_len=5, size=SIZE, threads=1, shuffle_buffer=8, seed=3)
+    before = _starts(ClipLoader(shards, window_decode=False, **common), 60)
+    after = _starts(ClipLoader(shards, windows_per_clip=windows, **common), 60)
+    for starts in (before, after):
+        counts = torch.bincount(starts, minlength=8).float()
+        assert len(counts) == 8  # no start past 12 - 5
+        expected = len(starts) / 8
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 24.3, counts  # 7 degrees of freedom: p = 0.001
+    # the two samples come from one distribution: their histograms differ by noise only
+    diff = (torch.bincount(before, minlength=8) - torch.bincount(after, minlength=8)).abs().max()
+    assert diff < 4 * (480 / 8) ** 0.5
+
+
+def test_one_window_stops_decoding_after_it_and_several_share_one_decode(train_set):
+    shards = resolve_shards(str(train_set))
+    common = dict(batch_size=4, clip_len=5, size=SIZE, threads=1, shuffle_buffer=8)
+    whole = ClipLoader(shards, window_decode=False, **common)
+    single = ClipLoader(shards, windows_per_clip=1, **common)
+    shared = ClipLoader(shards, windows_per_clip=0, **common)
+    assert (whole.windows_per_clip, single.windows_per_clip, shared.windows_per_clip) == (1, 1, 2)
+    for loader in (whole, single, shared):
+        _starts(loader, 20)
+    assert whole.frames_decoded == 12 * whole.items_delivered  # every frame of each clip
+    per_item = single.frames_decoded / single.items_delivered  # start + 5, start uniform in 0..7
+    assert 7.5 < per_item < 9.5 and single.clips_decoded == single.items_delivered
+    # 2 windows per decoded clip: 6 frames an item; the pool holds 2 batches' clips beyond these
+    assert shared.frames_decoded == 12 * shared.clips_decoded
+    assert shared.clips_decoded * 2 >= shared.items_delivered >= shared.clips_decoded * 2 - 16
+    assert shared.distinct_clips / 20 > 3  # a batch of 4 mixes windows of several clips
+
+
+def test_several_windows_per_clip_are_consecutive_frames_of_one_video(train_set):
+    loader = ClipLoader(resolve_shards(str(train_set)), batch_size=4, clip_len=3, size=SIZE, stride=2,
+                        windows_per_clip=0, threads=1, shuffle_buffer=8)
+    assert loader.windows_per_clip == 2  # 12 frames hold two windows of 5 at stride 2
+    it = iter(loader)
+    for _ in range(6):
+        index, video = read_pattern(next(it))
+        assert (index.diff(dim=1) == 2).all(), index
+        assert (video == video[:, :1]).all() and index.min() >= 0 and index.max() <= 11
+
+
+def test_donor_frames_from_a_partial_decode_or_several_per_clip(train_set):
+    shards = resolve_shards(str(train_set))
+    for windows in (1, 3):
+        loader = DonorLoader(shards, batch_size=6, size=SIZE, threads=1, shuffle_buffer=8, windows_per_clip=windows)
+        frames = torch.cat([read_pattern(x)[0] for x, _ in zip(loader, range(30))])
+        assert frames.shape == (180,) and set(frames.tolist()) == set(range(12))  # every frame is drawn
+        if windows == 1:  # start + 1 frames, start uniform in 0..11: 6.5 a donor, 12 before
+            assert 5.5 < loader.frames_decoded / loader.items_delivered < 7.5
+        else:  # 4 a donor; the pool holds up to 2 batches' clips not delivered yet
+            assert loader.frames_decoded == 12 * loader.clips_decoded
+            assert 3 * loader.clips_decoded - 36 <= loader.items_delivered <= 3 * loader.clips_decoded
+
+
+def test_uniform_clip_frames_only_for_training_sets(train_set, test_set):
+    from zxvad.data import check_shards
+    from zxvad.data.pipelines import uniform_clip_frames
+
+    assert uniform_clip_frames(check_shards(resolve_shards(str(train_set)), gpu=False)) == 12
+    assert uniform_clip_frames(check_shards(resolve_shards(str(test_set)), gpu=False)) == 0  # last clips are shorter

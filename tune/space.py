@@ -96,7 +96,7 @@ class Scheduler:
 @dataclass
 class Resources:
     workers: int = 1  # Ray Train workers per trial (train.num_workers)
-    cpus: float = 1.0  # per worker; sizes how many trials fit at once
+    cpus: float = 1.0  # per worker: reserved by each trial worker (train.cpus_per_worker), sizes concurrency
     gpus: int = 0  # per worker: 0 or 1 (train.use_gpu)
 
 
@@ -284,7 +284,9 @@ def _base(path: Path, raw: dict[str, Any], fail) -> tuple[str, Config, Resources
     beside = path.parent / base_ref
     base_path = str(beside) if beside.is_file() else base_ref
     resources = _resources(raw.get("resources"), fail)
-    fixed_all = {**raw["set"], "train.num_workers": resources.workers, "train.use_gpu": resources.gpus > 0}
+    # each trial's workers reserve what the sweep sized its concurrency with
+    fixed_all = {**raw["set"], "train.num_workers": resources.workers, "train.use_gpu": resources.gpus > 0,
+                 "train.cpus_per_worker": resources.cpus}
     try:
         base = config_lib.load(base_path, [f"{k}={json.dumps(v)}" for k, v in fixed_all.items()])
     except ConfigError as err:

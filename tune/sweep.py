@@ -64,9 +64,10 @@ def _concurrency(sweep: Sweep) -> int:
         return sweep.max_concurrent
     total = ray.cluster_resources()
     res = sweep.resources
-    if res.gpus:
-        return max(1, int(total.get("GPU", 0) // (res.workers * res.gpus)))
-    return max(1, int(total.get("CPU", 1) // (res.workers * res.cpus + DRIVER_CPUS)))
+    by_cpus = int(total.get("CPU", 1) // (res.workers * res.cpus + DRIVER_CPUS))
+    if res.gpus:  # a GPU trial's workers also hold their loaders' CPUs
+        return max(1, min(int(total.get("GPU", 0) // (res.workers * res.gpus)), by_cpus))
+    return max(1, by_cpus)
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:

@@ -91,6 +91,9 @@ class DataConfig:
     frame_stride: int = 1
     shuffle_buffer: int = 256
     loader_threads: int = 2
+    # windows cut from each decoded training clip (0: as many disjoint ones as a clip holds, 3 for
+    # 16-frame clips at T=4): decoding is the loaders' main cost (docs/loader.md)
+    windows_per_clip: int = 0
     seed: int = 0
 
 
@@ -112,6 +115,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 1
     use_gpu: bool = False
+    cpus_per_worker: float = 0.0  # Ray CPUs per worker; 0: 1 on CPUs, the loaders' threads + 1 on a GPU
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # the best ones by keep_best_by; Ray keeps the latest as well
     keep_best_by: str = "auc/mean"  # an AUC metric (max); "" keeps the newest (also with no targets)
@@ -278,6 +282,7 @@ def _data_checks(d: DataConfig) -> list[tuple[str, Any, str]]:
         ("data.frame_stride", d.frame_stride >= 1, "must be at least 1"),
         ("data.shuffle_buffer", d.shuffle_buffer >= 1, "must be at least 1"),
         ("data.loader_threads", d.loader_threads >= 1, "must be at least 1"),
+        ("data.windows_per_clip", d.windows_per_clip >= 0, "must be 0 (as many as fit) or more"),
         ("data.seed", d.seed >= 0, "must be 0 or more"),
     ]
 
@@ -296,6 +301,7 @@ def _run_checks(cfg: Config) -> list[tuple[str, Any, str]]:
         ("train.seed", t.seed >= 0, "must be 0 or more"),
         ("train.log_every", t.log_every >= 1, "must be at least 1"),
         ("train.num_workers", t.num_workers >= 1, "must be at least 1"),
+        ("train.cpus_per_worker", t.cpus_per_worker >= 0, "must be 0 (default) or more"),
         ("train.checkpoint_every", t.checkpoint_every >= 1, "must be at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints >= 1, "must be at least 1"),
         ("train.max_failures", t.max_failures >= 0, "must be 0 or more"),

@@ -1,4 +1,4 @@
-"""``python -m zxvad.bench {model,synthesis,loader,codec,masks,method,step,scale,curve} ...``: one module per benchmark.
+"""``python -m zxvad.bench {model,synthesis,loader,codec,baselines,masks,method,step,scale,curve} ...``: one module per benchmark.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
 printed last as one JSON line.
@@ -12,8 +12,9 @@ import sys
 BENCHMARKS = {
     "model": "G's parameters, GMACs and checkpoint MB at a preset's size",
     "synthesis": "batched pseudo-anomaly synthesis O against a per-sample loop",
-    "loader": "DALI clip pipeline against a PyAV DataLoader baseline",
+    "loader": "training loaders before and after decoding only what a batch uses (clips/s, frames decoded)",
     "codec": "bytes, speed and fidelity of each codec/quality, read back through DALI",
+    "baselines": "the trivial predictors' AUC on labelled test shards under every protocol",
     "masks": "how well O's object masks cover the moving objects of a fixed-camera clip",
     "method": "a few hundred training steps on real clips: critics, memory, loss balance",
     "step": "one train_step: time, its split by section, memory, FLOPs and TFLOP/s",

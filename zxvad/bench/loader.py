@@ -1,11 +1,20 @@
-"""The DALI clip pipeline against the usual baseline: PyAV decoding in a torch DataLoader.
+"""Training loaders before and after decoding only what a batch uses, in one run.
 
-Both read the same shards with the same number of workers (DALI threads, DataLoader worker
-processes) and produce the same tensors, ``(B, T+1, 3, H, W)`` float in [-1, 1] with T+1
-consecutive frames at a random start, resized to HxW. Prints clips/s of each, their ratio and
-the process's peak RSS.
+Each way of loading runs on ``--ranks`` processes at once (rank r of r ranks, as the DDP workers
+read), one after another in the same run, on the same shards:
 
-    python -m zxvad.bench loader --shards /tmp/realshards --size 64x64 --workers 2
+- ``before``: every frame of each stored clip decoded for one window (the earlier loader);
+- ``one window``: the decoder stops after the window's last frame;
+- ``shared``: the clip decoded once and ``--windows`` windows cut from it (0: as many disjoint
+  ones as fit), mixed across batches;
+- and the same for O's donor frames (``donors before`` / ``donors after``).
+
+Prints clips/s (all ranks together), frames decoded per delivered clip, CPU ms per clip (the
+rank processes' CPU time over the timed batches) and distinct source clips per batch, then the
+ratios against ``before``. ``--pyav`` adds the older baseline: PyAV decoding in a torch
+DataLoader with as many worker processes as DALI threads.
+
+    python -m zxvad.bench loader --shards /tmp/realshards --size 64x64 --ranks 2 --workers 1
 """
 
 from __future__ import annotations
@@ -42,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
     parser.add_argument("--fraction", type=float, default=1.0, help="stable shard prefix (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--ranks", type=int, default=2, help="loader processes at once, one per rank (default 2)")
+    parser.add_argument("--windows", type=int, default=0,
+                        help="windows per decoded clip for 'shared' (default 0: as many as fit)")
+    parser.add_argument("--pyav", action="store_true", help="also time the PyAV DataLoader baseline")
 
 
 def _time(loader, batches: int, warmup: int, what: str) -> float:
@@ -93,38 +106,109 @@ def _baseline_dataset(shards, clip_len: int, size, seed: int):
     return PyAVClips()
 
 
+MODES = {  # name: (loader, keyword arguments)
+    "before": ("clips", dict(window_decode=False)),
+    "one window": ("clips", dict(windows_per_clip=1)),
+    "shared": ("clips", dict()),  # windows_per_clip from --windows
+    "donors before": ("donors", dict(window_decode=False)),
+    "donors after": ("donors", dict()),
+}
+
+
+def _rank_rate(spec: str, fraction: float, mode: str, rank: int, ranks: int, opts: dict) -> dict:
+    """One rank of one mode: clips/s, decoding and CPU over ``opts["batches"]`` timed batches."""
+    import torch
+
+    from zxvad.data import ClipLoader, DonorLoader, resolve_shards
+
+    torch.set_num_threads(1)
+    kind, extra = MODES[mode]
+    common = dict(batch_size=opts["batch_size"], size=opts["size"], shard_id=rank, num_shards=ranks,
+                  device=opts["device"], threads=opts["workers"], shuffle_buffer=64, seed=11)
+    windows = opts["windows"]
+    if kind == "clips":
+        extra = {"windows_per_clip": windows, **extra} if mode == "shared" else extra
+        loader = ClipLoader(resolve_shards(spec, fraction), clip_len=opts["clip_len"], **common, **extra)
+    else:
+        if mode == "donors after":  # as the training driver does: the clips' window count
+            probe = ClipLoader(resolve_shards(spec, fraction), clip_len=opts["clip_len"], windows_per_clip=windows,
+                               **{**common, "threads": 1})
+            extra = {"windows_per_clip": probe.windows_per_clip}
+            del probe
+        loader = DonorLoader(resolve_shards(spec, fraction), **common, **extra)
+    it = iter(loader)
+    for _ in range(opts["warmup"]):
+        next(it)
+    decoded, clips = loader.frames_decoded, loader.clips_decoded
+    delivered, distinct = loader.items_delivered, loader.distinct_clips
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(opts["batches"]):
+        next(it)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    items = loader.items_delivered - delivered
+    # every window cut is delivered in time (a pool holds the next ones): decoding per window cut
+    cut = (loader.clips_decoded - clips) * loader.windows_per_clip
+    return {"items": items, "wall_s": wall, "cpu_s": cpu, "frames_decoded": loader.frames_decoded - decoded, "cut": cut,
+            "distinct": loader.distinct_clips - distinct, "windows_per_clip": loader.windows_per_clip,
+            "quality": loader.quality, "decoder": loader.decoder}
+
+
+def _measure(args, mode: str) -> dict:
+    """``mode`` on all ranks at once (spawned processes: each its own DALI and torch)."""
+    import multiprocessing
+
+    opts = dict(batch_size=args.batch_size, size=tuple(args.size), device=args.device, workers=args.workers,
+                windows=args.windows, clip_len=args.clip_len, warmup=args.warmup, batches=args.batches)
+    with multiprocessing.get_context("spawn").Pool(args.ranks) as pool:
+        ranks = pool.starmap(_rank_rate, [(args.shards, args.fraction, mode, r, args.ranks, opts)
+                                          for r in range(args.ranks)])
+    items = sum(r["items"] for r in ranks)
+    return {
+        "clips_per_s": round(sum(r["items"] / r["wall_s"] for r in ranks), 1),
+        "frames_decoded_per_clip": round(sum(r["frames_decoded"] for r in ranks) / sum(r["cut"] for r in ranks), 2),
+        "cpu_ms_per_clip": round(1000 * sum(r["cpu_s"] for r in ranks) / items, 2),
+        "distinct_clips_per_batch": round(sum(r["distinct"] for r in ranks) / (args.batches * args.ranks), 2),
+        "windows_per_clip": ranks[0]["windows_per_clip"],
+        "quality": ranks[0]["quality"], "decoder": ranks[0]["decoder"],
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
+    from zxvad.data import resolve_shards
+
+    if min(args.clip_len, args.batch_size, args.workers, args.batches, args.ranks) < 1 or args.windows < 0:
+        raise ValueError("--clip-len, --batch-size, --workers, --batches and --ranks must be >= 1, --windows >= 0")
+    shards = resolve_shards(args.shards, args.fraction)
+    print(f"{len(shards)} shards; {args.ranks} ranks at once, each batch {args.batch_size} x {args.clip_len} "
+          f"frames at {args.size[0]}x{args.size[1]}, {args.workers} DALI thread(s) per loader", file=sys.stderr)
+    figures: dict = {}
+    for mode in MODES:
+        figures[mode] = _measure(args, mode)
+        f = figures[mode]
+        print(f"{mode:>14}: {f['clips_per_s']:8.1f} clips/s  {f['frames_decoded_per_clip']:5.2f} frames decoded a clip  "
+              f"{f['cpu_ms_per_clip']:6.2f} CPU ms a clip  {f['distinct_clips_per_batch']:4.2f} clips a batch "
+              f"({f['windows_per_clip']} window(s) a decoded clip)", file=sys.stderr)
+    base, donors = figures["before"], figures["donors before"]
+    for mode in MODES:
+        ref = donors if mode.startswith("donors") else base
+        figures[mode]["speedup"] = round(figures[mode]["clips_per_s"] / ref["clips_per_s"], 2)
+        figures[mode]["cpu_ratio"] = round(figures[mode]["cpu_ms_per_clip"] / ref["cpu_ms_per_clip"], 3)
+    print("against before: " + ", ".join(f"{m} x{figures[m]['speedup']:.2f} clips/s" for m in MODES
+                                         if m not in ("before", "donors before")), file=sys.stderr)
+    if args.pyav:
+        figures["pyav"] = _pyav(args, shards)
+    return figures
+
+
+def _pyav(args, shards) -> dict:
+    """The PyAV DataLoader baseline (one process, ``--workers`` DataLoader workers)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from zxvad.data import ClipLoader, resolve_shards
-
-    if args.clip_len < 1 or args.batch_size < 1 or args.workers < 1 or args.batches < 1:
-        raise ValueError("--clip-len, --batch-size, --workers and --batches must be >= 1")
     torch.set_num_threads(1)  # the baseline's resize must not borrow cores from its workers
-    shards = resolve_shards(args.shards, args.fraction)
-    dali = ClipLoader(shards, batch_size=args.batch_size, clip_len=args.clip_len, size=args.size,
-                      device=args.device, threads=args.workers, shuffle_buffer=64)
-    print(f"{len(shards)} shards, {dali.part_size} clips; batch {args.batch_size} x {args.clip_len} frames "
-          f"at {args.size[0]}x{args.size[1]}, {args.workers} workers, decoder {dali.decoder}, stored {dali.quality}",
-          file=sys.stderr)
-    dali_rate = _time(dali, args.batches, args.warmup, "DALI")
-    dali_rss = peak_rss_mb()
-    del dali
-
     baseline = DataLoader(_baseline_dataset(shards, args.clip_len, args.size, seed=0),
                           batch_size=args.batch_size, num_workers=args.workers, prefetch_factor=2,
                           persistent_workers=False)
-    baseline_rate = _time(baseline, args.batches, args.warmup, "PyAV DataLoader")
-    figures = {
-        "dali_clips_per_s": round(dali_rate, 2),
-        "baseline_clips_per_s": round(baseline_rate, 2),
-        "ratio": round(dali_rate / baseline_rate, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "dali_peak_rss_mb": round(dali_rss, 1),
-    }
+    rate = _time(baseline, args.batches, args.warmup, "PyAV DataLoader")
     del baseline  # ends the workers, so that their peak reaches RUSAGE_CHILDREN
-    figures["baseline_worker_peak_rss_mb"] = round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)
-    print(f"DALI {dali_rate:.1f} clips/s, PyAV DataLoader {baseline_rate:.1f} clips/s: "
-          f"{figures['ratio']:.2f}x", file=sys.stderr)
-    return figures
+    return {"clips_per_s": round(rate, 2), "worker_peak_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)}

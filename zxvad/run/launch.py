@@ -15,6 +15,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from shards.storage import is_s3, parse_s3_url
 from zxvad.config import Config
+from zxvad.feeding import worker_resources
 from zxvad.run.plan import Inputs, RunPlan
 from zxvad.run.worker import TrainJob, train_loop_per_worker
 from zxvad.tracking import redact
@@ -90,7 +91,8 @@ def build_trainer(job: TrainJob, run_name: str, callbacks: list | None = None, v
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=None if cfg.train.use_gpu else {"CPU": 1}),
+                                     resources_per_worker=worker_resources(cfg.train.cpus_per_worker,
+                                                                           cfg.data.loader_threads, cfg.train.use_gpu)),
         run_config=RunConfig(
             name=run_name, storage_path=path, storage_filesystem=filesystem,
             checkpoint_config=checkpoint_config(cfg, best_mode),

@@ -21,6 +21,7 @@ from zxvad import tracking
 from zxvad.config import Config
 from zxvad.data import ClipLoader, DonorLoader, ShardError, verify_shard_set
 from zxvad.ddp import unwrap, wrap_trained
+from zxvad.feeding import StepTimer, device_sync
 from zxvad.resources import peak_rss_mb
 from zxvad.run.plan import Inputs
 from zxvad.step import build_state, train_step
@@ -43,7 +44,7 @@ class TrainJob:
 class Progress:
     """The live line: step, main losses, steps/s and ETA (rank 0; Ray streams it to the driver)."""
 
-    KEYS = ("l_rec", "l_g", "l_d", "l_n_total", "mask_area")
+    KEYS = ("l_rec", "l_g", "l_d", "l_n_total", "mask_area", "data_wait_share")
 
     def __init__(self, total: int, start: int):
         self.total, self.start, self.began = total, start, time.perf_counter()
@@ -117,8 +118,9 @@ def _loaders(job: TrainJob, step: int, rank: int, world: int, device: torch.devi
                   shuffle_buffer=cfg.data.shuffle_buffer)
     # A resumed run reshuffles with a new seed so it does not replay the same clips.
     seed = cfg.data.seed + 7919 * step
-    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed, **common)
-    donors = DonorLoader(job.inputs.donors, seed=seed + 1, **common)
+    clips = ClipLoader(job.inputs.train, clip_len=cfg.model.T + 1, stride=cfg.data.frame_stride, seed=seed,
+                       windows_per_clip=cfg.data.windows_per_clip, **common)
+    donors = DonorLoader(job.inputs.donors, seed=seed + 1, windows_per_clip=clips.windows_per_clip, **common)
     return iter(clips), iter(donors)
 
 
@@ -185,8 +187,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if run and resumed:  # the run's history shows every restart and its step
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = Progress(cfg.train.steps, state.step)
+    timer = StepTimer()
     while state.step < cfg.train.steps:
-        with data_errors_classified(job.inputs):
+        with data_errors_classified(job.inputs), timer.fetch():
             batch, donor = next(clips), next(donors)
         # lazy: the loss floats come back (one host sync) only at log and checkpoint steps
         losses = train_step(state, batch, donor)
@@ -195,6 +198,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0 and (step % cfg.train.log_every == 0 or last):
             losses["steps_per_s"] = progress.rate(step)
             losses["worker_peak_rss_mb"] = peak_rss_mb()
+            losses.update(timer.summary(device_sync(device)))  # data wait vs compute per step
             print(progress.line(step, losses), flush=True)
             if run:
                 run.log_metrics(losses, step)
@@ -202,5 +206,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
             last or bool(cfg.eval.eval_every and step % cfg.eval.eval_every == 0))
         if last or step % cfg.train.checkpoint_every == 0 or evaluate_now:
             _save_and_report(job, state, losses, device, run, evaluate_now, last)
+            timer.restart()  # a checkpoint or evaluation is neither data wait nor step compute
     if run:
         run.close()
