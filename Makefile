@@ -47,7 +47,7 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) mlruns mlflow.db ray_results demo-out
 
-# The GPU check (README "Performance"). gpu-wheels needs internet; gpu-check runs on a CUDA machine
+# The GPU check (docs/performance-and-scale.md). gpu-wheels needs internet; gpu-check runs on a CUDA machine
 # that holds only torch (Python 3.12): it unpacks the missing wheels and writes gpu-check.json.
 GPU_WHEELS := .gpu-wheels
 GPU_PKGS := kornia==0.9.0 kornia_rs==0.2.0 pytorch-metric-learning==2.9.0 torchvision==0.29.1 \

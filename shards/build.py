@@ -6,7 +6,7 @@ the parent spools the clips per hash bucket -> shuffles a finished bucket (train
 keeps video order (test sets) -> writes ``PREFIX-%06d.tar`` + DALI index -> ``manifest.json``.
 
 Fidelity is an explicit ``quality``: test and training sets are stored lossless by default (the
-README's codec table is why); a sample of clips is decoded again during the build and the manifest records how far
+codec table in docs/data-and-shards.md is why); a sample of clips is decoded again during the build and the manifest records how far
 the stored frames, and their consecutive-frame PSNRs, are from what went into the encoder.
 
 Training sets: a video belongs to fraction ``f`` when ``video_hash(id) < f``; buckets end at
@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from array import array
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -47,7 +48,7 @@ from shards.writer import BuildError, BuildState, Spool, open_sink, plan_shards,
 MAX_SAMPLES = 1000
 MAX_BYTES = 256 * 2**20
 TEST_QUALITY = "lossless"  # exact up to 4:2:0: codec noise would drown the frame-to-frame signal
-# Measured with `python -m zxvad.bench codec` (README): `high` shifts real clips' consecutive-frame
+# Measured with `python -m zxvad.bench codec` (docs/data-and-shards.md): `high` shifts real clips' consecutive-frame
 # PSNR by 2.7 dB at 64x64, so G would learn codec pulses that lossless test frames do not have.
 TRAIN_QUALITY = "lossless"
 # One keyframe per clip, on its first frame, unless asked: each clip decodes on its own (it is its
@@ -264,23 +265,15 @@ def default_quality(split: str, codec: str = "vp9") -> str:
     return TEST_QUALITY if split == "test" else TRAIN_QUALITY
 
 
-def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "train", clip_len: int = 16,
-          overlap: int = 4, size: tuple[int, int] = (256, 256), codec: str = "vp9",
-          quality: str | None = None, fidelity_sample: float = FIDELITY_SAMPLE, fraction: float = 1.0,
-          workers: int = 1, seed: int = 0, max_samples: int = MAX_SAMPLES, max_bytes: int = MAX_BYTES,
-          prefix: str | None = None, use_ray: bool = False, progress: bool = True, list_split: int = 1,
-          work_dir: str | Path | None = None, skip_bad_test_videos: bool = False,
-          clean_windows: bool = True, keyframe_interval: int | None = None) -> dict[str, Any]:
-    """Shard a dataset split into ``out`` (a folder or ``s3://bucket/prefix``); resumable.
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a dataset split is sharded: every option of ``python -m shards.build`` but the paths.
 
-    Args:
-        dataset: a name in ``readers.DATASETS``.
-        root: the dataset's folder.
-        out: the output folder or ``s3://bucket/prefix``.
+    Attributes:
         split: ``"train"`` (shuffled, nested fractions) or ``"test"`` (video order, overlapping).
         clip_len: frames per clip.
         overlap: frames shared by consecutive test clips (T of the model).
-        size: ``(H, W)`` of the stored frames, both even.
+        size: ``(H, W)`` of the stored frames, both even (``"HxW"`` or one int are accepted).
         codec: ``"vp9"`` or ``"mjpeg"``.
         quality: ``"lossless"`` (VP9 only), ``"high"`` or ``"compact"``; None: :func:`default_quality`.
         fidelity_sample: fraction of clips decoded again to measure fidelity (by key hash; the first
@@ -302,6 +295,93 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
             every frame.
         keyframe_interval: VP9 frames between keyframes inside a clip (recorded in the manifest;
             MJPEG's are all keyframes: 1); None: ``clip_len``, the clip's first frame only.
+    """
+
+    split: str = "train"
+    clip_len: int = 16
+    overlap: int = 4
+    size: tuple[int, int] | str | int = (256, 256)
+    codec: str = "vp9"
+    quality: str | None = None
+    fidelity_sample: float = FIDELITY_SAMPLE
+    fraction: float = 1.0
+    workers: int = 1
+    seed: int = 0
+    max_samples: int = MAX_SAMPLES
+    max_bytes: int = MAX_BYTES
+    prefix: str | None = None
+    use_ray: bool = False
+    progress: bool = True
+    list_split: int = 1
+    work_dir: str | Path | None = None
+    skip_bad_test_videos: bool = False
+    clean_windows: bool = True
+    keyframe_interval: int | None = None
+
+    def checked(self, dataset: str) -> "BuildOptions":
+        """Validated, with the size as ``(H, W)`` and the quality, keyframe interval and prefix
+        filled in; BuildError otherwise."""
+        keyframe_interval = self.clip_len if self.keyframe_interval is None else self.keyframe_interval
+        if self.codec == "mjpeg":
+            keyframe_interval = 1
+        if keyframe_interval < 1:
+            raise BuildError(f"keyframe_interval {keyframe_interval!r}: expected at least 1")
+        if dataset not in readers.DATASETS:
+            raise BuildError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(readers.DATASETS))})")
+        if self.split not in ("train", "test"):
+            raise BuildError(f"split {self.split!r}: expected train or test")
+        quality = self.quality or default_quality(self.split, self.codec)
+        try:
+            check_quality(self.codec, quality)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
+        size = parse_size(str(self.size)) if isinstance(self.size, (int, str)) else self.size
+        size = tuple(int(x) for x in size)
+        if len(size) != 2 or min(size) < 2 or any(x % 2 for x in size):
+            raise BuildError(f"size {size!r}: expected two even numbers >= 2 (H, W)")
+        checks = [("clip_len", self.clip_len, self.clip_len >= 2, "at least 2"),
+                  ("overlap", self.overlap, self.split == "train" or 0 <= self.overlap < self.clip_len,
+                   "in [0, clip_len)"),
+                  ("fraction", self.fraction, 0 < self.fraction <= 1, "in (0, 1]"),
+                  ("fidelity_sample", self.fidelity_sample, 0 <= self.fidelity_sample <= 1, "in [0, 1]"),
+                  ("workers", self.workers, self.workers >= 1, "at least 1"),
+                  ("max_samples", self.max_samples, self.max_samples >= 1, "at least 1"),
+                  ("max_bytes", self.max_bytes, self.max_bytes >= 1, "at least 1")]
+        for name, value, ok, expected in checks:
+            if not ok:
+                raise BuildError(f"{name} {value!r}: expected {expected}")
+        return replace(self, size=size, quality=quality, prefix=self.prefix or f"{dataset}-{self.split}",
+                       keyframe_interval=keyframe_interval)
+
+    def recorded(self, root: str | Path) -> dict[str, Any]:
+        """The options a manifest records, and a resumed build must match (of checked options)."""
+        return {"root": str(Path(root).resolve()), "list_split": self.list_split, "clip_len": self.clip_len,
+                "overlap": self.overlap, "size": list(self.size), "codec": self.codec, "quality": self.quality,
+                "fidelity_sample": self.fidelity_sample, "fraction": self.fraction, "seed": self.seed,
+                "max_samples": self.max_samples, "max_bytes": self.max_bytes, "prefix": self.prefix,
+                "video_ext": VIDEO_EXT, "clean_windows": _clean_thresholds(self.split, self.clean_windows),
+                "keyframe_interval": self.keyframe_interval}
+
+    def encoding(self, dataset: str, always_check: str) -> dict[str, Any]:
+        """What each encoding task needs (a plain dict: it travels to worker processes and Ray tasks)."""
+        return {"dataset": dataset, "split": self.split, "clip_len": self.clip_len, "overlap": self.overlap,
+                "size": list(self.size), "codec": self.codec, "quality": self.quality,
+                "fidelity_sample": self.fidelity_sample, "always_check": always_check,
+                "skip_bad_test": self.skip_bad_test_videos,
+                "clean_windows": _clean_thresholds(self.split, self.clean_windows),
+                "keyframe_interval": self.keyframe_interval}
+
+
+def build(dataset: str, root: str | Path, out: str | Path, options: BuildOptions | None = None,
+          **changes: Any) -> dict[str, Any]:
+    """Shard a dataset split into ``out`` (a folder or ``s3://bucket/prefix``); resumable.
+
+    Args:
+        dataset: a name in ``readers.DATASETS``.
+        root: the dataset's folder.
+        out: the output folder or ``s3://bucket/prefix``.
+        options: how to shard it (:class:`BuildOptions`); ``changes`` replace single fields of it,
+            e.g. ``build("ped2", root, out, split="test", size=(64, 64))``.
 
     Returns:
         The manifest (as written to ``manifest.json``) plus ``"run"``: statistics of this run.
@@ -311,24 +391,11 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
             errors, or labels that do not match a video's frames.
     """
     started = time.time()
-    quality = quality or default_quality(split, codec)
-    if keyframe_interval is None:
-        keyframe_interval = clip_len
-    if codec == "mjpeg":
-        keyframe_interval = 1
-    if keyframe_interval < 1:
-        raise BuildError(f"keyframe_interval {keyframe_interval!r}: expected at least 1")
-    size = _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample,
-                          fraction, workers, max_samples, max_bytes)
-    prefix = prefix or f"{dataset}-{split}"
-    tasks = _Tasks(dataset, root, split, list_split, fraction)
-    options = {"root": str(Path(root).resolve()), "list_split": list_split, "clip_len": clip_len,
-               "overlap": overlap, "size": list(size), "codec": codec, "quality": quality,
-               "fidelity_sample": fidelity_sample, "fraction": fraction, "seed": seed,
-               "max_samples": max_samples, "max_bytes": max_bytes, "prefix": prefix, "video_ext": VIDEO_EXT,
-               "clean_windows": _clean_thresholds(split, clean_windows), "keyframe_interval": keyframe_interval}
-    header = {"format_version": FORMAT_VERSION, "dataset": dataset, "split": split, "options": options}
-    sink = open_sink(out, work_dir)
+    opts = replace(options or BuildOptions(), **changes).checked(dataset)
+    split, prefix = opts.split, opts.prefix
+    tasks = _Tasks(dataset, root, split, opts.list_split, opts.fraction)
+    header = {"format_version": FORMAT_VERSION, "dataset": dataset, "split": split, "options": opts.recorded(root)}
+    sink = open_sink(out, opts.work_dir)
     run = {"seconds": 0.0, "frames_decoded": 0, "frames_per_second": 0.0, "encode_seconds": 0.0,
            "resumed": False, "aborted_uploads": getattr(sink, "aborted", 0)}
 
@@ -336,13 +403,10 @@ def build(dataset: str, root: str | Path, out: str | Path, *, split: str = "trai
     if finished is not None:  # built before with the same options: nothing to do
         return {**finished, "run": {**run, "resumed": True}}
     run["resumed"] = state.resumed
-    writer = _BucketWriter(sink, state, tasks, split, seed, prefix, max_samples, max_bytes)
-    opt = {"dataset": dataset, "split": split, "clip_len": clip_len, "overlap": overlap, "size": list(size),
-           "codec": codec, "quality": quality, "fidelity_sample": fidelity_sample,
-           "always_check": tasks.video(0).video_id, "skip_bad_test": skip_bad_test_videos,
-           "clean_windows": options["clean_windows"], "keyframe_interval": keyframe_interval}
-    _encode_all(writer, writer.work(opt), len(tasks), workers=workers, use_ray=use_ray, run=run,
-                bar=tqdm(total=len(tasks), unit="video", disable=not progress, desc=f"{dataset}-{split}",
+    writer = _BucketWriter(sink, state, tasks, split, opts.seed, prefix, opts.max_samples, opts.max_bytes)
+    work = writer.work(opts.encoding(dataset, always_check=tasks.video(0).video_id))
+    _encode_all(writer, work, len(tasks), workers=opts.workers, use_ray=opts.use_ray, run=run,
+                bar=tqdm(total=len(tasks), unit="video", disable=not opts.progress, desc=f"{dataset}-{split}",
                          dynamic_ncols=True))
     tasks.close()
 
@@ -578,34 +642,6 @@ def _manifest(header: dict[str, Any], state: BuildState,
     return {**header, "shards": shards, "skipped": skipped, "totals": totals, "fidelity": fidelity}
 
 
-def _check_options(dataset, split, clip_len, overlap, size, codec, quality, fidelity_sample, fraction,
-                   workers, max_samples, max_bytes) -> tuple[int, int]:
-    if dataset not in readers.DATASETS:
-        raise BuildError(f"unknown dataset {dataset!r} (known: {', '.join(sorted(readers.DATASETS))})")
-    if split not in ("train", "test"):
-        raise BuildError(f"split {split!r}: expected train or test")
-    try:
-        check_quality(codec, quality)
-    except ValueError as e:
-        raise BuildError(str(e)) from None
-    if isinstance(size, (int, str)):
-        size = parse_size(str(size))
-    size = tuple(int(x) for x in size)
-    if len(size) != 2 or min(size) < 2 or any(x % 2 for x in size):
-        raise BuildError(f"size {size!r}: expected two even numbers >= 2 (H, W)")
-    checks = [("clip_len", clip_len, clip_len >= 2, "at least 2"),
-              ("overlap", overlap, split == "train" or 0 <= overlap < clip_len, "in [0, clip_len)"),
-              ("fraction", fraction, 0 < fraction <= 1, "in (0, 1]"),
-              ("fidelity_sample", fidelity_sample, 0 <= fidelity_sample <= 1, "in [0, 1]"),
-              ("workers", workers, workers >= 1, "at least 1"),
-              ("max_samples", max_samples, max_samples >= 1, "at least 1"),
-              ("max_bytes", max_bytes, max_bytes >= 1, "at least 1")]
-    for name, value, ok, expected in checks:
-        if not ok:
-            raise BuildError(f"{name} {value!r}: expected {expected}")
-    return size  # type: ignore[return-value]
-
-
 # -------------------------------------------------------------------------------------- CLI
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -697,14 +733,15 @@ def main(argv: Iterable[str] | None = None) -> int:
                    help="test sets: list an unreadable or truncated labelled video as skipped instead of stopping")
     args = p.parse_args(argv)
     try:
-        manifest = build(args.dataset, args.root, args.out, split=args.split, clip_len=args.clip_len,
-                         overlap=args.overlap, size=parse_size(args.size), codec=args.codec,
-                         quality=args.quality, fidelity_sample=args.fidelity_sample, fraction=args.fraction, workers=args.workers, seed=args.seed,
-                         max_samples=args.max_samples, max_bytes=parse_bytes(args.max_bytes),
-                         prefix=args.prefix, use_ray=args.ray, progress=not args.quiet,
-                         list_split=args.list_split, work_dir=args.work_dir,
-                         skip_bad_test_videos=args.skip_bad_test_videos, clean_windows=args.clean_windows,
-                         keyframe_interval=args.keyframe_interval)
+        options = BuildOptions(split=args.split, clip_len=args.clip_len, overlap=args.overlap,
+                               size=parse_size(args.size), codec=args.codec, quality=args.quality,
+                               fidelity_sample=args.fidelity_sample, fraction=args.fraction,
+                               workers=args.workers, seed=args.seed, max_samples=args.max_samples,
+                               max_bytes=parse_bytes(args.max_bytes), prefix=args.prefix, use_ray=args.ray,
+                               progress=not args.quiet, list_split=args.list_split, work_dir=args.work_dir,
+                               skip_bad_test_videos=args.skip_bad_test_videos,
+                               clean_windows=args.clean_windows, keyframe_interval=args.keyframe_interval)
+        manifest = build(args.dataset, args.root, args.out, options)
     except (BuildError, readers.ReaderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

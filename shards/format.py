@@ -1,4 +1,4 @@
-"""The shard format (DESIGN.md section 4): the one place that says what a shard holds.
+"""The shard format (docs/data-and-shards.md): the one place that says what a shard holds.
 
 ``shards.build`` writes it and ``zxvad.data`` reads it; both import the names below.
 

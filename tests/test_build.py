@@ -367,7 +367,7 @@ def test_workers_give_the_same_shards(tmp_path):
 def test_real_clips_shard_and_decode_with_dali(tmp_path, real_clips):
     manifest = build("videofolder", real_clips, tmp_path / "o", size=(64, 64), workers=2, progress=False)
     # tree_window.avi holds 68 frames (SOURCES.md) but its AVI header declares 444: a training set
-    # lists such a cut-short file as truncated and leaves it out (issue 17)
+    # lists such a cut-short file as truncated and leaves it out (a training set skips bad videos)
     assert manifest["totals"]["skipped"] == 1 and manifest["totals"]["videos"] == 8
     assert manifest["skipped"][0]["input"].endswith("tree_window.avi")
     assert manifest["skipped"][0]["reason"].startswith("truncated: the file ends 376 frames before")

@@ -340,3 +340,44 @@ def test_batch_size_below_one_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"batch size -1 \(--batch-size, eval.batch_size\): expected at least 1"):
         evaluate.evaluate_target(HalfLast(), "tiny", ["unused.tar"], T=T, size=2,
                                  device=torch.device("cpu"), batch_size=-1, progress=False)
+
+
+def _patch_config():
+    from zxvad import config
+
+    return config.load("demo", ["model.T=2", "eval.patch_size=1", "eval.batch_size=3", "eval.top_frames=2"])
+
+
+def test_evaluate_command_honours_every_eval_key_of_the_checkpoint(monkeypatch, tmp_path, capsys):
+    """``python -m zxvad.evaluate`` scores by the checkpoint's ``eval.*`` as training does: it used
+    to drop ``eval.patch_size`` (the worst-tile score) on its own path."""
+    import zxvad.checkpoint
+    import zxvad.data
+
+    cfg = _patch_config()
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    monkeypatch.setattr(zxvad.data, "verify_shard_set", lambda spec: ["unused.tar"])
+    monkeypatch.setattr(zxvad.checkpoint, "load_generator", lambda path, device: (HalfLast(), cfg))
+    monkeypatch.setattr(evaluate, "storage_lines", lambda targets: ([], []))
+    monkeypatch.setattr(evaluate, "efficiency", lambda *args, **kwargs: {})
+    code = evaluate.main(["--checkpoint", "ckpt", "--target", "tiny=unused", "--out", str(tmp_path),
+                          "--no-plots", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "results.json").read_text())["targets"]["tiny"]
+    assert report["patch_auc"] == pytest.approx(_hand_auc(PREDICTORS["G"])[0], abs=1e-6)
+    assert "G patch %" in capsys.readouterr().out
+
+
+def test_training_evaluation_honours_every_eval_key(monkeypatch, tmp_path):
+    """The evaluation inside a training run gets the same ``eval.*`` section, whole."""
+    import zxvad.data
+    from zxvad.run import worker
+
+    cfg = _patch_config()
+    monkeypatch.setattr(zxvad.data, "EvalLoader", lambda shards, size, device: list(_clips()))
+    state = SimpleNamespace(G=HalfLast())
+    results, figures, files = worker._evaluate(state, cfg, {"tiny": ["unused.tar"]}, torch.device("cpu"),
+                                               step=3, folder=tmp_path, last=False)
+    assert results["tiny"].patch_auc == pytest.approx(_hand_auc(PREDICTORS["G"])[0], abs=1e-6)
+    assert len(results["tiny"].top) == 2  # eval.top_frames
+    assert figures == {} and files == [tmp_path / "eval" / "results.json"]

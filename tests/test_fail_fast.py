@@ -1,4 +1,4 @@
-"""Issue 17: bad input fails fast with one line and exit 2, test sets are sacred, secrets stay out.
+"""Bad input fails fast with one line and exit 2, test sets are sacred, secrets stay out.
 
 No Ray here: every check runs on the driver (or in a helper that Ray calls), so each case is quick.
 """
@@ -98,8 +98,9 @@ def _train_argv(shards, tmp_path, *extra):
 ])
 def test_a_damaged_shard_set_fails_on_the_driver(shard_set, tmp_path, capsys, monkeypatch, damage, message):
     from zxvad import train
+    from zxvad.run import launch
 
-    monkeypatch.setattr(train, "fit_with_storage_retries", lambda *a, **k: pytest.fail("reached Ray"))
+    monkeypatch.setattr(launch, "fit_with_storage_retries", lambda *a, **k: pytest.fail("reached Ray"))
     tar = sorted(shard_set.glob("*.tar"))[1]
     damage(str(tar))
     code = train.main(_train_argv(shard_set, tmp_path))
@@ -182,20 +183,20 @@ def test_the_manifest_records_each_index_and_the_driver_compares_it(shard_set):
 def test_a_dali_error_on_shards_damaged_after_the_check_is_permanent(shard_set):
     """The driver's check passed, then the tars were cut: DALI's RuntimeError in the worker is
     re-classified by checking the sets again, so Ray Train does not retry it (ShardError)."""
-    from zxvad import train
+    from zxvad.run import plan, worker
     from zxvad.data import ClipLoader, ShardError
 
     cfg = tiny_config(f"data.train_shards={shard_set}", f"data.donor_shards={shard_set}", "eval.targets={}")
-    inputs = train.resolve_inputs(cfg)
+    inputs = plan.resolve_inputs(cfg)
     assert inputs.sets == [(str(shard_set), 1.0), (str(shard_set), 1.0)]
     with pytest.raises(RuntimeError, match="store unreachable") as err:  # sound shards: still retried
-        with train.data_errors_classified(inputs):
+        with worker.data_errors_classified(inputs):
             raise RuntimeError("store unreachable")
     assert not isinstance(err.value, ValueError)
     for info in inputs.train:  # after the driver's check, before the worker's DALI reads them
         os.truncate(info.path, 1024)  # every sample past the first header is gone
     with pytest.raises(ShardError, match=r"shard .*clips-0000\d\d\.tar: 1024 bytes, but the manifest records .*\(DALI: ") as err:
-        with train.data_errors_classified(inputs):
+        with worker.data_errors_classified(inputs):
             next(iter(ClipLoader(inputs.train, batch_size=2, clip_len=5, size=(16, 16), seed=0, threads=1)))
     assert type(err.value.__cause__) is RuntimeError and "Critical error" not in str(err.value)
 
@@ -334,13 +335,14 @@ def test_mlflow_status_of_a_run_that_does_not_finish(shard_set, tmp_path, monkey
     import ray
 
     from zxvad import train
+    from zxvad.run import launch
     from zxvad.tracking import RUN_NAME_TAG
 
     def fit(*args, **kwargs):
         raise raised
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: None)  # no cluster: the fit below never reaches one
-    monkeypatch.setattr(train, "fit_with_storage_retries", fit)
+    monkeypatch.setattr(launch, "fit_with_storage_retries", fit)
     db = tmp_path / "db" / "mlflow.db"
     db.parent.mkdir()
     monkeypatch.chdir(tmp_path)
@@ -385,15 +387,16 @@ def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_pa
 
     from tune.trial import sweep_run
     from tune import space
-    from zxvad import tracking, train
+    from zxvad import tracking
+    from zxvad.run import plan
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'db' / 'mlflow.db'}"
     (tmp_path / "db").mkdir()
     plain = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1")
     rooted = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1", "tracking.artifact_location=arts")
-    assert train.default_run_name(plain) == train.default_run_name(rooted)  # a resume may add it
-    assert train.default_run_name(plain) != train.default_run_name(tiny_config("tracking.experiment=e1", "train.lr_g=1e-3"))
+    assert plan.default_run_name(plain) == plan.default_run_name(rooted)  # a resume may add it
+    assert plan.default_run_name(plain) != plan.default_run_name(tiny_config("tracking.experiment=e1", "train.lr_g=1e-3"))
     _, run_id = tracking.open_run(rooted, "r1")
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
@@ -450,28 +453,28 @@ def test_permanent_worker_errors_stop_the_run_and_transient_ones_do_not():
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
     from ray.train.v2.api.exceptions import ControllerError
 
-    from zxvad import train
+    from zxvad.run import launch
     from zxvad.data import ShardError
 
-    callback = train._stop_on_permanent_errors()
+    callback = launch._stop_on_permanent_errors()
     callback.after_exception(None, {0: UserExceptionWithTraceback(ConnectionError("node lost"), "tb")})
-    with pytest.raises(train.PermanentError, match="worker 1: ShardError: shard x.tar: bad"):
+    with pytest.raises(launch.PermanentError, match="worker 1: ShardError: shard x.tar: bad"):
         callback.after_exception(None, {0: UserExceptionWithTraceback(ConnectionError("peer"), "tb"),
                                         1: UserExceptionWithTraceback(ShardError("shard x.tar: bad"), "tb")})
-    wrapped = ControllerError(train.PermanentError("worker 0: ValueError: Invalid learning rate"))
-    assert str(train.permanent_cause(wrapped)) == "worker 0: ValueError: Invalid learning rate"
-    assert train.permanent_cause(ControllerError(RuntimeError("x"))) is None
+    wrapped = ControllerError(launch.PermanentError("worker 0: ValueError: Invalid learning rate"))
+    assert str(launch.permanent_cause(wrapped)) == "worker 0: ValueError: Invalid learning rate"
+    assert launch.permanent_cause(ControllerError(RuntimeError("x"))) is None
 
 
 def test_trainer_keeps_ray_internals_out_of_the_terminal(tmp_path):
-    from zxvad import train
+    from zxvad.run import launch, plan
 
     cfg = tiny_config(f"train.storage_path={tmp_path}")
-    job = train.make_job(cfg, train.Inputs([], [], {}))
-    quiet = train.build_trainer(job, "run").run_config
+    job = launch.make_job(cfg, plan.Inputs([], [], {}))
+    quiet = launch.build_trainer(job, "run").run_config
     assert quiet.worker_runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"  # no double lines
     assert quiet.logging_config.log_level == "CRITICAL"
-    assert train.build_trainer(job, "run", verbose=True).run_config.logging_config.log_level == "INFO"
+    assert launch.build_trainer(job, "run", verbose=True).run_config.logging_config.log_level == "INFO"
     assert any(type(c).__name__ == "StopOnPermanentErrors" for c in quiet.callbacks)
 
 
@@ -480,13 +483,13 @@ def test_only_the_training_workers_own_lines_reach_the_terminal():
     actors' lines (they stay in Ray's session logs, which Ray writes before streaming) are dropped."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    from zxvad import train
+    from zxvad.run import console
 
     printed = []
     before = list(dispatcher.handlers)
     dispatcher.handlers = [("ray_print_logs", printed.append)]  # as ray.init(log_to_driver=True) adds it
     try:
-        assert train.show_only_worker_lines()
+        assert console.show_only_worker_lines()
         batches = [
             {"actor_name": "PlacementGroupCleaner", "is_err": True, "pid": 7, "lines": [
                 "Traceback (most recent call last):", "ray.util.state.exception.RayStateApiException: "

@@ -53,7 +53,8 @@ def test_worker_resources_reserve_the_loader_threads_on_a_gpu():
 
 def test_trainer_asks_ray_for_those_cpus(tmp_path):
     from zxvad import config as config_lib
-    from zxvad.train import Inputs, build_trainer, make_job
+    from zxvad.run.launch import build_trainer, make_job
+    from zxvad.run.plan import Inputs
 
     cfg = config_lib.load("demo", [f"train.storage_path={tmp_path}", "train.use_gpu=true", "data.loader_threads=3"])
     trainer = build_trainer(make_job(cfg, Inputs([], [], {})), "resources")

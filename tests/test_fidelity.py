@@ -1,6 +1,6 @@
 """Storage fidelity: qualities, the build's fidelity check, and what DALI hands to evaluation.
 
-The acceptance check of issue 11: a labelled demo target sharded with the default test settings
+Why test sets are lossless: a labelled demo target sharded with the default test settings
 gives, read back through EvalLoader, the consecutive-frame PSNRs of its source frames (after the
 same resize and YUV conversion) within 0.1 dB, and the same copy_last AUC within 0.5 points.
 """

@@ -2,21 +2,22 @@
 
 import pytest
 
-from zxvad import config, train
+from zxvad import config
+from zxvad.run import launch, plan, worker
 
 
 def test_run_name_is_stable_across_steps_and_changes_with_the_config():
     base = config.load("demo")
     longer = config.load("demo", ["train.steps=999"])
     other = config.load("demo", ["loss.alpha_N=0"])
-    assert train.default_run_name(base) == train.default_run_name(longer)
-    assert train.default_run_name(base) != train.default_run_name(other)
+    assert plan.default_run_name(base) == plan.default_run_name(longer)
+    assert plan.default_run_name(base) != plan.default_run_name(other)
     named = config.load("demo", ["tracking.run_name=mine"])
-    assert train.default_run_name(named) == "mine"
+    assert plan.default_run_name(named) == "mine"
 
 
 def test_run_names_hash_renamed_keys_by_their_old_names():
-    """model.T was model.frames before issue 15: runs started then keep their names and resume."""
+    """model.T was once named model.frames: runs started under the old name keep their names and resume."""
     import hashlib
 
     cfg = config.load("demo", ["model.T=6"])
@@ -24,7 +25,7 @@ def test_run_names_hash_renamed_keys_by_their_old_names():
     flat = {("model.frames" if k == "model.T" else k): v for k, v in cfg.flat().items()
             if k not in ("train.steps", "tracking.artifact_location")}
     digest = hashlib.sha256(repr(sorted(flat.items())).encode()).hexdigest()[:8]
-    assert train.default_run_name(cfg) == f"{cfg.tracking.experiment}-{digest}"
+    assert plan.default_run_name(cfg) == f"{cfg.tracking.experiment}-{digest}"
 
 
 class _Trainer:
@@ -45,29 +46,29 @@ def test_a_storage_outage_is_retried_from_the_last_checkpoint(monkeypatch, capsy
                          "internal error, please try again.")
     outcomes = [outage, restarting, "result"]
     built = []
-    monkeypatch.setattr(train, "build_trainer", lambda *a, **k: built.append(a) or _Trainer(outcomes))
-    monkeypatch.setattr(train, "STORAGE_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(launch, "build_trainer", lambda *a, **k: built.append(a) or _Trainer(outcomes))
+    monkeypatch.setattr(launch, "STORAGE_RETRY_WAIT_S", 0.0)
     cfg = config.load("demo", ["train.max_failures=2"])
-    assert train.fit_with_storage_retries(cfg, None, "run", "", "") == "result"
+    assert launch.fit_with_storage_retries(cfg, None, "run", "", "") == "result"
     assert len(built) == 3
     assert capsys.readouterr().err.count("unreachable") == 2
 
 
 def test_other_errors_and_exhausted_retries_are_raised(monkeypatch):
-    monkeypatch.setattr(train, "STORAGE_RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(launch, "STORAGE_RETRY_WAIT_S", 0.0)
     cfg = config.load("demo", ["train.max_failures=1"])
-    monkeypatch.setattr(train, "build_trainer", lambda *a, **k: _Trainer([ValueError("bad loss")]))
+    monkeypatch.setattr(launch, "build_trainer", lambda *a, **k: _Trainer([ValueError("bad loss")]))
     with pytest.raises(ValueError, match="bad loss"):
-        train.fit_with_storage_retries(cfg, None, "run", "", "")
+        launch.fit_with_storage_retries(cfg, None, "run", "", "")
     down = OSError("Connection refused")
     outcomes = [down, down]
-    monkeypatch.setattr(train, "build_trainer", lambda *a, **k: _Trainer(outcomes))
+    monkeypatch.setattr(launch, "build_trainer", lambda *a, **k: _Trainer(outcomes))
     with pytest.raises(OSError, match="Connection refused"):
-        train.fit_with_storage_retries(cfg, None, "run", "", "")
+        launch.fit_with_storage_retries(cfg, None, "run", "", "")
 
 
 def test_progress_line_has_step_losses_rate_and_eta():
-    progress = train._Progress(total=100, start=0)
+    progress = worker.Progress(total=100, start=0)
     progress.began -= 10.0  # ten seconds ago
     line = progress.line(20, {"l_rec": 0.5, "l_g": 0.25, "l_d": 0.125, "mask_area": 0.2})
     assert line.startswith("step 20/100 | l_rec 0.5000 l_g 0.2500 l_d 0.1250 mask_area 0.2000 |")

@@ -135,19 +135,19 @@ def test_kept_checkpoint_is_the_best_by_auc_not_the_newest(local_ray, tmp_path):
     from ray.train.torch import TorchTrainer
 
     from helpers import tiny_config
-    from zxvad import train
+    from zxvad.run import console, launch
 
     cfg = tiny_config("train.keep_checkpoints=1", "eval.targets={a: x}")
     trainer = TorchTrainer(_reports, scaling_config=ScalingConfig(num_workers=1),
                            run_config=RunConfig(name="keep", storage_path=str(tmp_path / "ray"),
-                                                checkpoint_config=train.checkpoint_config(cfg)))
+                                                checkpoint_config=launch.checkpoint_config(cfg)))
     result = trainer.fit()
     kept = sorted(p for p in Path(result.path).glob("checkpoint_*") if p.is_dir())  # not the snapshot .json
     steps = sorted(int((folder / "step").read_text()) for folder in kept)
     assert steps == [3, 6]  # the best (AUC 0.9) and the latest (for resuming); 1, 2, 4, 5 deleted
-    best, value = train.best_checkpoint(result, cfg)
+    best, value = launch.best_checkpoint(result, cfg)
     assert value == 0.9 and (Path(best.path) / "step").read_text() == "3"
     assert (Path(result.checkpoint.path) / "step").read_text() == "6"
-    text = train.summary(result, cfg, "keep", "", "")
+    text = console.summary(result, cfg, "keep", "", "")
     assert f"best checkpoint (auc/mean 0.9000): {best.path}" in text
     assert f"latest checkpoint: {result.checkpoint.path}" in text

@@ -154,17 +154,12 @@ class Sweep:
 
     def trial_config(self, params: dict[str, Any], seed: int) -> Config:
         """The base config with one variant's values and seed applied, validated."""
-        cfg = config_lib.from_dict({}, self.base)
-        for key, value in params.items():
-            config_lib.set_value(cfg, key, value)
-        for key in SEED_KEYS:
-            section, name = key.split(".")
-            setattr(getattr(cfg, section), name, getattr(getattr(self.base, section), name) + seed)
-        for key in PATH_KEYS:
-            section, name = key.split(".")
-            setattr(getattr(cfg, section), name, self._absolute(getattr(getattr(cfg, section), name)))
-        cfg.eval.targets = {k: self._absolute(v) for k, v in cfg.eval.targets.items()}
-        return config_lib.from_yaml_text(cfg.to_yaml())
+        values = dict(params)
+        values.update({key: _current(self.base, key) + seed for key in SEED_KEYS})
+        chosen = config_lib.with_values(self.base, values)
+        values.update({key: self._absolute(_current(chosen, key)) for key in PATH_KEYS})
+        values["eval.targets"] = {k: self._absolute(v) for k, v in chosen.eval.targets.items()}
+        return config_lib.with_values(self.base, values)
 
     def _absolute(self, path: str) -> str:
         if not path or "://" in path or os.path.isabs(path):
@@ -407,7 +402,7 @@ def _space(raw: Any, base: Config, fail) -> list[Dimension]:
             if key in SEED_KEYS:
                 raise fail(where, "is set by seeds: use 'seeds: N' to repeat with N seeds")
             try:
-                config_lib.set_value(config_lib.from_dict({}, base), key, _current(base, key))
+                config_lib.with_values(base, {key: _current(base, key)})
             except ConfigError as err:
                 raise fail(where, f"is unknown: {err}") from None
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
@@ -452,11 +447,8 @@ def _current(base: Config, key: str) -> Any:
 
 def _check(base: Config, values: dict[str, Any], fail, where: str) -> None:
     """Type and range check of one option on top of the base config (through zxvad.config)."""
-    cfg = config_lib.from_dict({}, base)
     try:
-        for key, value in values.items():
-            config_lib.set_value(cfg, key, value)
-        config_lib.from_yaml_text(cfg.to_yaml())
+        config_lib.with_values(base, values)
     except ConfigError as err:
         raise fail(where, f"= {_show(values)}: {err}") from None
 

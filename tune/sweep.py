@@ -2,8 +2,8 @@
 
 ``python -m tune.sweep --config FILE.yaml|NAME [--set key=value ...] [--out DIR] [--fresh]``
 
-Each trial is a real training run: a Tune function builds the Ray Train V2 TorchTrainer of
-``zxvad.train`` for its config and fits it; a Train callback forwards every evaluation (the AUC
+Each trial is a real training run, started through the same door as ``python -m zxvad.train``
+(``zxvad.run``: plan, then launch); a Train callback forwards every evaluation (the AUC
 per target and their mean) to Tune, so that ASHA can stop weak trials after any evaluation
 round. Every trial logs into its own MLflow run of the experiment named after the sweep (tag
 ``zxvad.sweep``); a sweep-level run holds the best config as YAML. Interrupted (Ctrl+C) or
@@ -245,7 +245,8 @@ def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str,
 
 def prepare(argv: list[str] | None = None):
     """Parse and validate everything (sweep file, base config, shards, stores) with no Ray."""
-    from zxvad import tracking, train
+    from zxvad import tracking
+    from zxvad.run import plan as planning
 
     packaged = ", ".join(sorted(p.stem for p in space.PACKAGED_DIR.glob("*.yaml")))
     parser = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__.split("\n\n")[0])
@@ -266,9 +267,9 @@ def prepare(argv: list[str] | None = None):
         cfg = sweep.trial_config(variant["params"], 0)
         key = (cfg.data.train_shards, cfg.data.donor_shards, cfg.data.fraction, tuple(cfg.eval.targets.items()))
         if key not in checked:
-            train.resolve_inputs(cfg)
+            planning.resolve_inputs(cfg)
             checked.add(key)
-    train.check_storage(sweep.base)
+    planning.check_storage(sweep.base)
     uri = tracking.resolve_uri(sweep.base.tracking.tracking_uri)
     tracking.check_reachable(uri)
     out = Path(args.out or Path("sweeps") / sweep.name)
@@ -284,10 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     from ray import tune
 
     from tune.trial import Progress, RunStatus, run_trial, sweep_run
-    from zxvad import train
+    from zxvad.run import launch
 
     variants = sweep.variants() if sweep.search not in space.MODEL_SEARCHES else []
-    path, filesystem = train.storage(sweep.base)
+    path, filesystem = launch.storage(sweep.base)
     experiment_path = f"{path.rstrip('/')}/{sweep.name}"
     out.mkdir(parents=True, exist_ok=True)
     spec_file = out / "sweep.json"

@@ -1,7 +1,7 @@
 """What runs inside Ray for a sweep: the Tune function (one training run per trial) and callbacks.
 
-Ray Train V2 style: the Tune function builds the ``zxvad.train`` TorchTrainer for its config and
-fits it; :class:`EvaluationReport` (Ray's public ``TuneReportCallback``) forwards rank 0's
+Ray Train V2 style: the Tune function plans and launches its run through ``zxvad.run``, the same
+door as ``python -m zxvad.train``; :class:`EvaluationReport` (Ray's public ``TuneReportCallback``) forwards rank 0's
 evaluations to Tune so that ASHA can stop weak trials between evaluation rounds. Imported only
 once the sweep file is valid.
 """
@@ -15,7 +15,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from tune import space
 from tune.space import Sweep
+from zxvad import config as config_lib
 from zxvad import tracking
+from zxvad.run import plan as planning
+from zxvad.run.launch import launch
 
 ROUND = "eval_round"  # ASHA's time unit
 
@@ -50,28 +53,25 @@ def trial_params(config: dict) -> tuple[dict, int]:
 
 
 def run_trial(config: dict, sweep: Sweep, uri: str, storage_path: str, parent_run_id: str) -> None:
-    """The Tune function: one training run (a child of the sweep's MLflow run), reporting to Tune."""
-    from zxvad import train
+    """The Tune function: one training run (a child of the sweep's MLflow run), reporting to Tune.
 
+    It goes through the same door as ``python -m zxvad.train``: the config validated with the
+    trial's names and store, its inputs and store checked, the run planned, then launched with the
+    same failure policy and storage retries.
+    """
     trial_id = ray.tune.get_context().get_trial_id()
     params, seed = trial_params(config)
-    cfg = sweep.trial_config(params, seed)
     run_name = f"{sweep.name}-{trial_id}"
-    cfg.tracking.experiment, cfg.tracking.run_name, cfg.tracking.tracking_uri = sweep.name, run_name, uri
-    cfg.train.storage_path = storage_path
-    cfg.train.keep_best_by = sweep.metric
-    inputs = train.resolve_inputs(cfg)
-    _, run_id = tracking.open_run(cfg, run_name, parent_run_id=parent_run_id,
-                                  datasets=train.dataset_refs(cfg))
-    tracking.tag_trial(uri, run_id, {tracking.SWEEP_TAG: sweep.name, tracking.TRIAL_TAG: trial_id,
-                                     tracking.CONFIG_TAG: space.config_id(params),
-                                     tracking.SEED_TAG: str(seed)})
-
+    cfg = config_lib.with_values(sweep.trial_config(params, seed), {
+        "tracking.experiment": sweep.name, "tracking.run_name": run_name, "tracking.tracking_uri": uri,
+        "train.storage_path": storage_path, "train.keep_best_by": sweep.metric})
+    plan = planning.open_tracking(planning.plan_run(cfg), parent_run_id=parent_run_id, tags={
+        tracking.SWEEP_TAG: sweep.name, tracking.TRIAL_TAG: trial_id,
+        tracking.CONFIG_TAG: space.config_id(params), tracking.SEED_TAG: str(seed)})
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
     # The run's end status is not set here: Tune stops a trial (max_t, ASHA) by killing this actor,
     # so nothing in it can tell a stop from a crash. RunStatus, on the driver, records Tune's verdict.
-    job = train.make_job(cfg, inputs, run_id, uri)
-    train.build_trainer(job, run_name, callbacks=[report], best_mode=sweep.mode).fit()
+    launch(plan, callbacks=[report], best_mode=sweep.mode)
 
 
 class Progress(ray.tune.Callback):

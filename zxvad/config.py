@@ -7,6 +7,7 @@ is a :class:`ConfigError` whose message is one line naming the offending key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -29,7 +30,7 @@ NORMALCY_PAIRS = ("literal", "real", "prediction")
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Keys renamed since configs were first written (old -> new): YAML files and checkpoints written
 # before still load, and run names hash the old names so those runs still resume.
-RENAMED_KEYS = {"model.frames": "model.T"}  # issue 15: "frames" meant T
+RENAMED_KEYS = {"model.frames": "model.T"}  # "frames" meant T, the frames G sees, not a clip's
 
 
 class ConfigError(ValueError):
@@ -46,8 +47,8 @@ class ModelConfig:
     memory_items: int = 2000  # K
     memory_dim: int = 512  # Q; must equal 8 * width (G's bottleneck channels)
     shrink_threshold: float = 0.0005  # lambda of the hard shrinkage (used when shrink_relative = 0)
-    # The defaults below reproduce the code before issue 13, so older checkpoints reload as trained;
-    # the presets set the fixes (README, "where we depart from the paper's letter").
+    # The defaults below reproduce the code before the fixes of docs/method.md ("where we depart
+    # from the paper's letter"), so older checkpoints reload as they were trained; the presets set the fixes.
     shrink_relative: float = 0.0  # lambda = shrink_relative / K when > 0 (MemAE: 1-3)
     memory_temperature: float = 1.0  # tau: w = softmax(cos / tau); 1 = the paper's literal softmax
     memory_shrink: str = "continuous"  # MemAE's relu(w-l)w/(|w-l|+eps), or "hard": w * [w > l]
@@ -66,7 +67,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of eq. (1) (G) and eq. (6) (N); names follow DESIGN.md section 1."""
+    """Weights of eq. (1) (G) and eq. (6) (N); names follow the paper's symbols."""
 
     alpha_D: float = 0.05
     alpha_N: float = 0.5
@@ -226,8 +227,8 @@ def _section_types(section_cls: type) -> dict[str, Any]:
     return typing.get_type_hints(section_cls)
 
 
-def _validate(cfg: Config) -> Config:
-    """Cross-field checks; each failure names its key."""
+def validate(cfg: Config) -> Config:
+    """Range and cross-field checks; each failure is a ConfigError naming its key."""
     checks = [*_model_checks(cfg.model), *_loss_checks(cfg.loss), *_data_checks(cfg.data),
               *_run_checks(cfg)]
     for key, ok, why in checks:
@@ -371,6 +372,18 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, key, _coerce(dotted, value, types_[key]))
 
 
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A validated copy of ``cfg`` with each dotted key of ``values`` set, type-checked.
+
+    ``with_values(cfg, {"train.steps": 100, "loss.alpha_N": 0})``; ``cfg`` itself is not changed.
+    Raises ConfigError naming the first bad key or value.
+    """
+    out = copy.deepcopy(cfg)
+    for key, value in values.items():
+        set_value(out, RENAMED_KEYS.get(key, key), value)
+    return validate(out)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"loss.alpha_N=0"`` -> ``("loss.alpha_N", 0)``; the value is read as YAML."""
     if "=" not in text:
@@ -411,12 +424,12 @@ def load(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...]
     for text in overrides:
         key, value = parse_override(text)
         set_value(cfg, key, value)
-    return _validate(cfg)
+    return validate(cfg)
 
 
 def from_yaml_text(text: str) -> Config:
     """Rebuild a config saved with :meth:`Config.to_yaml` (e.g. from a checkpoint)."""
-    return _validate(from_dict(yaml.safe_load(text)))
+    return validate(from_dict(yaml.safe_load(text)))
 
 
 def add_arguments(parser: Any) -> None:

@@ -2,7 +2,7 @@
 
 ``python -m zxvad.evaluate --checkpoint PATH --target NAME=SHARDS [...]``
 
-Protocol (DESIGN.md section 1, Liu et al. 2018): G predicts every frame from its T
+Protocol (Liu et al. 2018; docs/detection-and-serving.md): G predicts every frame from its T
 predecessors; PSNR on [0, 1] images; the first T frames of a video are not scored; PSNR is
 min-max normalised per video; score = 1 - normalised PSNR; one pooled ROC AUC per target.
 The trivial predictors of ``scoring.BASELINES`` are scored on the same windows in the same pass,
@@ -22,7 +22,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -31,6 +31,7 @@ import torch
 
 from shards.storage import atomic_write
 from zxvad import metrics, scoring
+from zxvad.config import EvalConfig, ModelConfig
 from zxvad.ddp import unwrap as _unwrap
 
 
@@ -258,14 +259,15 @@ def _top_frames(videos: dict[str, _VideoAccumulator], per_video: list[dict], k: 
     return candidates[:k]
 
 
-def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], *, T: int, size: int,
-                     device: torch.device, batch_size: int = 16, top_frames: int = 4,
-                     progress: bool = True, patch_size: int = 0,
-                     smooth_sigma: float = 0.0) -> dict[str, TargetResult]:
-    """:func:`evaluate_target` for each named target, in order."""
-    return {name: evaluate_target(G, name, shards, T=T, size=size, device=device,
-                                  batch_size=batch_size, top_frames=top_frames, progress=progress,
-                                  patch_size=patch_size, smooth_sigma=smooth_sigma)
+def evaluate_targets(G: torch.nn.Module, targets: dict[str, list[str]], model: ModelConfig,
+                     settings: EvalConfig, device: torch.device, *, progress: bool = True
+                     ) -> dict[str, TargetResult]:
+    """:func:`evaluate_target` on every target, with G's frames (``model.T``, ``model.image_size``)
+    and every ``eval.*`` setting (batch size, difference maps, worst-tile score, smoothing) taken whole."""
+    return {name: evaluate_target(G, name, shards, T=model.T, size=model.image_size, device=device,
+                                  batch_size=settings.batch_size, top_frames=settings.top_frames,
+                                  progress=progress, patch_size=settings.patch_size,
+                                  smooth_sigma=settings.smooth_sigma)
             for name, shards in targets.items()}
 
 
@@ -436,12 +438,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(stored))
         for warning in warnings:
             print(warning, file=sys.stderr)
-        batch_size = cfg.eval.batch_size if args.batch_size is None else args.batch_size
-        sigma = cfg.eval.smooth_sigma if args.smooth_sigma is None else args.smooth_sigma
+        overrides = {"batch_size": args.batch_size, "smooth_sigma": args.smooth_sigma}  # None: the config's
+        settings = replace(cfg.eval, **{k: v for k, v in overrides.items() if v is not None})
+        sigma = settings.smooth_sigma
         with EnergyMeter(device) as meter:
-            results = evaluate_targets(G, resolved, T=cfg.model.T, size=cfg.model.image_size,
-                                       device=device, batch_size=batch_size,
-                                       top_frames=cfg.eval.top_frames, smooth_sigma=sigma)
+            results = evaluate_targets(G, resolved, cfg.model, settings, device)
         figures = efficiency(G, cfg, results, meter.joules)
         files = write_report(results, args.out, T=cfg.model.T, figures=figures,
                              plots=not args.no_plots, smooth_sigma=sigma)

@@ -30,8 +30,8 @@ from typing import Mapping, Protocol
 
 from zxvad.scoring import BASELINES
 
-AUC, BASELINE, GAIN, MEAN = "auc", "auc_baseline", "auc_gain", "mean"
-PATCH, PATCH_BASELINE, PATCH_GAIN = "auc_patch", "auc_patch_baseline", "auc_patch_gain"
+from zxvad.names import AUC, BASELINE, GAIN, MEAN, PATCH, PATCH_BASELINE, PATCH_GAIN  # noqa: F401 (re-exported)
+
 # scoring.all_protocols' keys -> metric names; micro_minmax is the papers' figure, ``auc``
 PROTOCOL_METRICS = {"micro_minmax": AUC, "micro_raw": "auc_raw", "macro": "auc_macro",
                     "aupr": "aupr", "eer": "eer"}

@@ -51,7 +51,7 @@ def scda_attention(features: Tensor, scale: str = "minmax") -> Tensor:
     Differentiable, so it also serves as N's attention A(.) in the losses L_AA and L_RAA.
     ``scale="minmax"`` maps each map's minimum to 0 and maximum to 1 (O's masks use it; as N's A
     it makes L_AA's normal target A(v^) = 1 unreachable, one cell is always 0); ``"max"`` is
-    sum / max|sum|, DESIGN.md's "normalised by its spatial max" (N's LeakyReLU features can sum
+    sum / max|sum|, the paper's "normalised by its spatial max" (N's LeakyReLU features can sum
     below 0: dividing by the largest magnitude keeps A <= 1 and a gradient in every cell, where a
     relu would leave negative cells dead), which reaches 1 everywhere on a uniform map.
     """

@@ -19,18 +19,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zxvad.config import Config
+# Every tag and metric name zxvad writes is defined in zxvad.names; the tags are re-exported here
+# for tune.compare and the tests.
+from zxvad.names import (ATTEMPT_METRIC, CONFIG_TAG, GENERATOR_MODEL, PARENT_TAG, ROLE_TAG,  # noqa: F401
+                         RUN_NAME_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG, efficiency_metrics, is_auc, loss_metric)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Every tag and run-level name zxvad writes; tune.compare and the tests read them from here.
-RUN_NAME_TAG = "zxvad.run_name"
-SWEEP_TAG = "zxvad.sweep"
-ROLE_TAG = "zxvad.role"  # "sweep" on the sweep-level run, which holds no training
-CONFIG_TAG = "zxvad.config_id"
-TRIAL_TAG = "zxvad.trial_id"
-SEED_TAG = "zxvad.seed"
-ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
-GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: a sweep trial's run -> the sweep run
 _SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|key", re.I)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN",
@@ -246,11 +240,6 @@ def _log_datasets(datasets: list[dict]) -> None:
         mlflow.log_input(dataset, context=ref["context"])
 
 
-def metric_name(key: str) -> str:
-    """Loss terms (``l_*``) under ``loss/``; everything else by its own name."""
-    return f"loss/{key}" if key.startswith("l_") else key
-
-
 class RunLogger:
     """Rank 0's handle on its training run: step and system metrics, and at the end G as a model.
 
@@ -275,7 +264,7 @@ class RunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(metric_name(k), float(v), now, step) for k, v in values.items()]
+        batch = [Metric(loss_metric(k), float(v), now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
     def tag_version(self, cfg: Config, info: Any, aucs: dict[str, float]) -> None:
@@ -298,7 +287,7 @@ def log_evaluation(run_id: str, results: dict, figures: dict, files: list, step:
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     metrics = summary_metrics.flat(results)
-    metrics.update({f"efficiency/{k}": float(v) for k, v in (figures or {}).items()})
+    metrics.update({k: float(v) for k, v in efficiency_metrics(figures or {}).items()})
     for key, value in metrics.items():
         client.log_metric(run_id, key, value, step=step or 0)
     for path in files:
@@ -409,7 +398,7 @@ def training_runs(experiment: str, uri: str, include_failed: bool = False,
         page = client.search_runs([found.experiment_id], filter_string=where, max_results=1000,
                                   page_token=token)
         runs += [r for r in page if r.data.tags.get(ROLE_TAG) != "sweep"
-                 and any(k.startswith("auc/") for k in r.data.metrics)
+                 and any(is_auc(k) for k in r.data.metrics)
                  and (include_failed or r.info.status not in UNSUCCESSFUL)]
         token = page.token
         if not token:

@@ -1,4 +1,4 @@
-"""DALI pipelines from shards to torch tensors (DESIGN.md section 5): training clips, donor frames
+"""DALI pipelines from shards to torch tensors (docs/data-and-shards.md): training clips, donor frames
 for O, and ordered evaluation clips.
 
     shards (local or s3://) -> fn.readers.webdataset (rank's part, shuffled) -> fn.decoders.video

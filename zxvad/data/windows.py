@@ -1,7 +1,7 @@
 """Prediction windows over ordered test clips: pure torch, so the scoring code stays DALI-free.
 
 Test clips of one video overlap by T frames, so the windows whose last frame lies at local index
->= T of each clip cover every frame index >= T of the video exactly once (DESIGN.md section 1:
+>= T of each clip cover every frame index >= T of the video exactly once (the protocol of Liu et al.:
 the first T frames of a video are not scored).
 """
 
