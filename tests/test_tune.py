@@ -49,8 +49,8 @@ BASE = {"name": "t", "base": "demo", "space": {"loss.alpha_n": {"loguniform": [0
     ({"space": {"train.seed": {"choice": [1, 2]}}}, "is set by seeds"),
     ({"space": {"model.width,model.memory_dim": {"grid": [[8, 64], [8]]}}}, "expected a list of 2 values"),
     ({"space": {"model.width": {"grid": [8]}}}, "must equal 8 * model.width"),
-    ({"metric": "auc/ped9"}, "key 'metric' = 'auc/ped9' is not reported by training (known: auc/mean, auc/street, auc/plaza, auc/real, "
-     "auc_gain/mean, auc_gain/street, auc_gain/plaza, auc_gain/real)"),
+    ({"metric": "auc/ped9"}, "key 'metric' = 'auc/ped9' is not reported by training (known: auc/mean, auc/ped2, auc/street, "
+     "auc/plaza, auc/real, auc_gain/mean, auc_gain/ped2, auc_gain/street, auc_gain/plaza, auc_gain/real)"),
     ({"metric": "loss/l_g"}, "is not reported by training"),
     ({"mode": "best"}, "key 'mode'"),
     ({"search": "bayes"}, "key 'search' = 'bayes': expected one of random, grid, optuna"),

@@ -25,6 +25,7 @@ MEMORY_QUERIES = ("raw", "centred")
 G_OUTPUTS = ("frame", "residual")
 CRITIC_NORMS = ("batch", "instance", "none")
 ATTENTION_SCALES = ("minmax", "max")  # zxvad.synthesis.ATTENTION_SCALES
+NORMALCY_PAIRS = ("literal", "real", "prediction")
 # Target names become file names (NAME-curves.png) and metric keys: no separators, no dot first.
 TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Keys renamed since configs were first written (old -> new): YAML files and checkpoints written
@@ -79,6 +80,12 @@ class LossConfig:
     arcface_scale: float = 64.0
     raa_normalise: bool = False  # divide L_RAA by the ArcFace scale s (its gradient is ~s otherwise)
     attention_scale: str = "minmax"  # N's A(.): minmax (one cell always 0) or max (A(v^) = 1 reachable)
+    # N's two classes (beyond the paper except "literal"): literal = v^ normal, paste on a real
+    # input frame abnormal (they also differ by generated vs real, which N learns first);
+    # real = v_{T+1} normal, paste on a real input frame; prediction = v^ normal, paste on v^
+    normalcy_pair: str = "literal"
+    static_weight: float = 0.0  # > 0: MSE of G's change v^ - v_T on pixels that do not move
+    static_threshold: float = 0.02  # a pixel is static where |v_{T+1} - v_T| < this ([0, 1] scale)
 
 
 @dataclass
@@ -269,7 +276,10 @@ def _model_checks(m: ModelConfig) -> list[tuple[str, Any, str]]:
 
 def _loss_checks(loss: LossConfig) -> list[tuple[str, Any, str]]:
     checks = [("loss.attention_scale", loss.attention_scale in ATTENTION_SCALES,
-               f"must be one of {', '.join(ATTENTION_SCALES)}")]
+               f"must be one of {', '.join(ATTENTION_SCALES)}"),
+              ("loss.normalcy_pair", loss.normalcy_pair in NORMALCY_PAIRS,
+               f"must be one of {', '.join(NORMALCY_PAIRS)}"),
+              ("loss.static_threshold", 0 < loss.static_threshold < 1, "must lie in (0, 1)")]
     checks += [(f"loss.{name}", value >= 0, "must be 0 or more")
                for name, value in loss.__dict__.items() if not isinstance(value, str)]
     return checks + [("loss.arcface_margin", loss.arcface_margin < 90, "must lie in [0, 90) degrees"),

@@ -180,8 +180,22 @@ def build_augmentation() -> nn.Module:
 # ----------------------------------------------------------------------------- the objectives
 
 
+def static_change_loss(pred: Tensor, last: Tensor, target: Tensor, threshold: float) -> Tensor:
+    """Mean squared change v^ - v_T over the pixels where v_{T+1} does not move (beyond the paper).
+
+    A pixel is static where every channel of |v_{T+1} - v_T| is below ``threshold`` on [0, 1];
+    0 when no pixel is static. Keeps G at copy_last on the background, where any change it makes
+    is error that hides the motion the anomaly score is made of.
+    """
+    pred, last, target = pred.float(), last.float(), target.float()
+    static = ((target - last).abs().amax(dim=1, keepdim=True) < 2 * threshold).float()
+    change = (pred - last).pow(2).mean(dim=1, keepdim=True)
+    return (change * static).sum() / static.sum().clamp_min(1.0)
+
+
 def generator_objective(pred: Tensor, target: Tensor, memory_weights: Tensor, d_logits: Tensor,
-                        n_logits: Tensor | None, cfg: LossConfig) -> dict[str, Tensor]:
+                        n_logits: Tensor | None, cfg: LossConfig,
+                        last: Tensor | None = None) -> dict[str, Tensor]:
     """L_G of eq. (6): L_BB + alpha_D 1/2 (D(v^)-1)^2 + alpha_N 1/2 (N(v^)-1)^2.
 
     L_BB = L_REC + mem_weight L_MEM (eq. 1).
@@ -191,9 +205,10 @@ def generator_objective(pred: Tensor, target: Tensor, memory_weights: Tensor, d_
         memory_weights: G's addressing weights (B, K, h, w), for L_MEM.
         d_logits, n_logits: D(v^) and N(v^); ``n_logits`` None switches the N term off.
         cfg: the loss weights.
+        last: v_T, for the static-pixel term (``cfg.static_weight`` > 0; beyond the paper).
 
     Returns:
-        ``l_mse, l_ssim, l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n, l_g`` (scalar tensors).
+        ``l_mse, l_ssim, l_gd, l_rec, l_mem, l_bb, l_g_adv_d, l_g_adv_n, l_static, l_g``.
     """
     rec = reconstruction_loss(pred, target)
     l_mem = memory_loss(memory_weights)
@@ -201,9 +216,15 @@ def generator_objective(pred: Tensor, target: Tensor, memory_weights: Tensor, d_
     l_g_adv_d = lsgan_generator_term(d_logits)
     l_g_adv_n = lsgan_generator_term(n_logits) if n_logits is not None else l_bb.new_zeros(())
     l_g = l_bb + cfg.alpha_D * l_g_adv_d + cfg.alpha_N * l_g_adv_n
+    l_static = l_bb.new_zeros(())
+    if cfg.static_weight > 0:
+        if last is None:
+            raise ValueError("generator_objective: loss.static_weight > 0 needs v_T (last)")
+        l_static = static_change_loss(pred, last, target, cfg.static_threshold)
+        l_g = l_g + cfg.static_weight * l_static
     return {"l_mse": rec["mse"], "l_ssim": rec["ssim"], "l_gd": rec["gd"], "l_rec": rec["rec"],
             "l_mem": l_mem, "l_bb": l_bb, "l_g_adv_d": l_g_adv_d, "l_g_adv_n": l_g_adv_n,
-            "l_g": l_g}
+            "l_static": l_static, "l_g": l_g}
 
 
 def normalcy_objective(n_normal: Tensor, n_pseudo: Tensor, att_normal: Tensor,

@@ -235,7 +235,7 @@ def train_step(state: TrainState, clips: Tensor, donors: Tensor,
 
     terms_d = _update_d(state, target, fake, amp)
     terms_n = _update_n(state, clips, donors, fake, amp, generator)
-    terms_g = _update_g(state, out, target, amp)
+    terms_g = _update_g(state, out, target, clips[:, T - 1], amp)
     state.scaler.update()
     state.step += 1
 
@@ -252,6 +252,23 @@ def _update_d(state: TrainState, target: Tensor, fake: Tensor, amp: dict) -> dic
     return {"l_d": l_d, "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
 
 
+def normalcy_pair(cfg: Config, clips: Tensor, donors: Tensor, fake: Tensor, R: nn.Module,
+                  generator: torch.Generator | None = None):
+    """N's normal frames and O's pseudo-anomalies under ``loss.normalcy_pair``.
+
+    literal (the paper): v^ against a donor object pasted on a real input frame v_1..v_T;
+    real: the real v_{T+1} against the same; prediction: v^ against a paste on v^ itself. In the
+    last two the classes differ only by the pasted object (beyond the paper's letter).
+    """
+    options = dict(threshold=cfg.model.mask_threshold, generator=generator,
+                   spread=cfg.model.mask_spread)
+    if cfg.loss.normalcy_pair == "prediction":
+        syn = synthesize(torch.stack([fake, fake], dim=1), donors, R, T=1, **options)
+        return fake, syn
+    syn = synthesize(clips, donors, R, T=cfg.model.T, **options)
+    return (clips[:, cfg.model.T] if cfg.loss.normalcy_pair == "real" else fake), syn
+
+
 def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, amp: dict,
               generator: torch.Generator | None) -> dict[str, Tensor]:
     """Eq. (6) for N and ArcFace on v^ (normal), g(v^) (augmented normal) and v~ (pseudo-anomaly),
@@ -262,13 +279,12 @@ def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, am
         return dict.fromkeys(("l_n", "l_rn", "l_aa", "l_raa", "l_n_total", "n_normal", "n_pseudo",
                               "mask_area"), zero)
     with torch.no_grad():
-        syn = synthesize(clips, donors, state.R, threshold=cfg.model.mask_threshold,
-                         generator=generator, T=cfg.model.T, spread=cfg.model.mask_spread)
+        normal, syn = normalcy_pair(cfg, clips, donors, fake, state.R, generator)
         state.section("o")
-        augmented = state.augment((fake + 1) / 2) * 2 - 1
+        augmented = state.augment((normal + 1) / 2) * 2 - 1
         state.section("augment")
     with torch.autocast(**amp):
-        n_logits, features = state.N(torch.cat([fake, augmented, syn.frames.float()]),
+        n_logits, features = state.N(torch.cat([normal, augmented, syn.frames.float()]),
                                      return_features=True)
     n_normal, _, n_pseudo = n_logits.float().split(batch)
     att_normal, att_augmented, att_pseudo = scda_attention(
@@ -280,7 +296,8 @@ def _update_n(state: TrainState, clips: Tensor, donors: Tensor, fake: Tensor, am
             "mask_area": syn.object_mask.mean()}
 
 
-def _update_g(state: TrainState, out, target: Tensor, amp: dict) -> dict[str, Tensor]:
+def _update_g(state: TrainState, out, target: Tensor, last: Tensor, amp: dict
+              ) -> dict[str, Tensor]:
     """Eq. (1) with the just-updated D and N; their weights frozen, their DDP wrappers bypassed
     (only G's gradients need syncing)."""
     D, N = unwrap(state.D), unwrap(state.N)
@@ -289,6 +306,6 @@ def _update_g(state: TrainState, out, target: Tensor, amp: dict) -> dict[str, Te
         d_pred = D(pred)
         n_pred = N(pred) if state.cfg.loss.alpha_N > 0 else None
     terms = losses.generator_objective(pred, target, out.memory_weights, d_pred, n_pred,
-                                       state.cfg.loss)
+                                       state.cfg.loss, last=last)
     _update(state, state.opt_g, terms["l_g"], "g_backward")
     return terms

@@ -1,4 +1,4 @@
-"""``python -m zxvad.bench {model,synthesis,loader,codec,baselines,masks,method,step,scale,curve} ...``: one module per benchmark.
+"""``python -m zxvad.bench {model,synthesis,loader,codec,baselines,masks,method,step,scale,curve,lab} ...``: one module per benchmark.
 
 Each benchmark module defines ``add_arguments(parser)`` and ``run(args) -> dict``; the dict is
 printed last as one JSON line.
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "step": "one train_step: time, its split by section, memory, FLOPs and TFLOP/s",
     "scale": "a Jester-layout corpus of 1k-20k videos: build linearity, memory, loader, fractions",
     "curve": "one run's gain over the trivial baselines against training minutes (from MLflow)",
+    "lab": "train on ped2-dev or the real TI clips in one process, score ped2-dev's test videos",
 }
 
 

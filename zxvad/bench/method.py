@@ -7,7 +7,9 @@ street_pedestrians_vtest.avi; O's donors are frames of the other real clips. Aft
 - critics: N and D score the same predicted frames inside their own mixed batch and alone, as
   in G's update (train mode); the gap between the two is what G's α_D and α_N terms chase;
 - memory: the largest weight per position and how many of the K items are kept (> 0);
-- losses: every term's mean over the last 50 steps (is any one term dominating N's objective?).
+- losses: every term's mean over the last 50 steps (is any one term dominating N's objective?);
+- the label-free diagnostics of :mod:`zxvad.bench.diagnostics` (what N learned, what G does)
+  on a fresh batch of the same clip.
 Run it twice, e.g. with ``--set model.critic_norm=batch ...`` for the literal setting.
 """
 
@@ -71,6 +73,9 @@ def run(args) -> dict:
         d_mixed = state.D(torch.cat([clips[:, T], pred]))[B:].mean().item()
         d_alone = state.D(pred).mean().item()
         w = out.memory_weights.flatten(2).transpose(1, 2).reshape(-1, out.memory_weights.shape[1])
+    from zxvad.bench.diagnostics import diagnostics
+
+    found = diagnostics(state, clips, donor_pool[:B], cfg)
     figures = {
         "benchmark": "method", "config": args.config, "overrides": args.overrides,
         "steps": args.steps,
@@ -81,12 +86,14 @@ def run(args) -> dict:
         "memory_items": w.shape[1],
         "memory_items_used": int(w.argmax(dim=1).unique().numel()),  # distinct winners: collapse?
         "losses_last_50": {k: round(v, 4) for k, v in means.items()},
+        "diagnostics": {k: round(v, 5) for k, v in found.items()},
     }
     print(f"N(v^): {n_mixed:.3f} in its mixed batch, {n_alone:.3f} alone (G's update); "
           f"D(v^): {d_mixed:.3f} / {d_alone:.3f}")
     print(f"memory: largest weight {figures['memory_max_weight']:.4f}, "
           f"{figures['memory_kept_items']:.1f} of {w.shape[1]} items kept per position, "
           f"{figures['memory_items_used']} distinct winning items")
+    print("diagnostics: " + ", ".join(f"{k} {v:.4f}" for k, v in found.items()))
     print("losses (mean of the last 50 steps): "
           + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
     return figures
