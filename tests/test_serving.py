@@ -149,3 +149,18 @@ def test_mlflow_serves_the_champion_over_http_and_answers_bad_requests_with_4xx(
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_logged_code_is_found_from_this_file_even_when_a_data_folder_is_named_shards(tmp_path):
+    # a sweep's trial runs in a folder holding shards/ (data): with an editable install, "import
+    # shards" there yields a namespace package without __file__, which broke log_model
+    import subprocess
+    import sys
+
+    (tmp_path / "shards").mkdir()
+    code = ("import shards, zxvad.serving as s; print(shards.__file__ is None, "
+            "(s.PACKAGE_DIR.parent / 'shards' / '__init__.py').is_file(), s.PACKAGE_DIR.name)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[1:] == ["True", "zxvad"]

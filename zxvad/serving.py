@@ -24,6 +24,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+# the code logged with the model: this package and shards beside it, found from this file (a
+# process whose working folder holds a data folder named "shards" imports that folder as a
+# namespace package, without __file__, when the project is an editable install)
+PACKAGE_DIR = Path(__file__).resolve().parent
+
 EXPORT_SUFFIXES = {".onnx": "onnx"}  # .pt is TorchScript when a card says so (a state.pt is not)
 
 
@@ -141,9 +146,6 @@ def log_model(G: torch.nn.Module, cfg, *, name: str = MODEL_NAME, calibration=No
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    import shards
-    import zxvad
-
     m = cfg.model
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, m.image_size, m.image_size, 3))]),
@@ -156,7 +158,7 @@ def log_model(G: torch.nn.Module, cfg, *, name: str = MODEL_NAME, calibration=No
         folder = write_serving_checkpoint(G, cfg, Path(tmp) / CHECKPOINT_ARTIFACT, calibration)
         info = mlflow.pyfunc.log_model(
             name=name, python_model=FrameScorer(), artifacts={CHECKPOINT_ARTIFACT: str(folder)},
-            code_paths=[str(Path(zxvad.__file__).parent), str(Path(shards.__file__).parent)],
+            code_paths=[str(PACKAGE_DIR), str(PACKAGE_DIR.parent / "shards")],
             pip_requirements=_requirements(), signature=signature, input_example=example,
             registered_model_name=registered_model_name)
     version = getattr(info, "registered_model_version", None)
