@@ -24,15 +24,7 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
     Returns ``(tracking_uri, run_id)``. Honours ``tracking.on_unreachable``: ``local`` falls back
     to the default sqlite store when the server is down, ``fail`` raises.
     """
-    uri = resolve_uri(cfg.tracking.tracking_uri)
-    try:
-        check_reachable(uri)  # before importing mlflow (seconds): a server that is down fails fast
-    except TrackingError:
-        if cfg.tracking.on_unreachable != "local":
-            raise
-        fallback = absolute_uri(DEFAULT_TRACKING_URI)
-        print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
-        uri = fallback
+    uri = _reachable_uri(cfg)
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -45,12 +37,35 @@ def open_run(cfg: Config, run_name: str, parent_run_id: str = "",
     with mlflow.start_run(run_name=run_name, experiment_id=experiment.experiment_id,
                           tags={RUN_NAME_TAG: run_name}, parent_run_id=parent_run_id or None) as run:
         _log_datasets(datasets or [])
-        params = safe_params(cfg)
-        keys = list(params)
-        for start in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
-        mlflow.log_text(redact(redacted_config(cfg).to_yaml()), "config.yaml")
+        _log_config(cfg)
         return uri, run.info.run_id
+
+
+def _reachable_uri(cfg: Config) -> str:
+    """The config's tracking URI, or the default sqlite store when its server is down and
+    ``tracking.on_unreachable`` is ``local``; checked before MLflow is imported (seconds), so a
+    server that is down fails fast."""
+    uri = resolve_uri(cfg.tracking.tracking_uri)
+    try:
+        check_reachable(uri)
+    except TrackingError:
+        if cfg.tracking.on_unreachable != "local":
+            raise
+        fallback = absolute_uri(DEFAULT_TRACKING_URI)
+        print(f"warning: MLflow at {redact(uri)} is unreachable; logging to {fallback} instead", flush=True)
+        uri = fallback
+    return uri
+
+
+def _log_config(cfg: Config) -> None:
+    """Every config value as a param of the active run (secrets left out) and the config file."""
+    import mlflow
+
+    params = safe_params(cfg)
+    keys = list(params)
+    for start in range(0, len(keys), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params({k: params[k] for k in keys[start:start + 100]})
+    mlflow.log_text(redact(redacted_config(cfg).to_yaml()), "config.yaml")
 
 
 def _log_datasets(datasets: list[dict]) -> None:
