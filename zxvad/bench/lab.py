@@ -52,6 +52,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clips", default=str(REAL_CLIPS), help="folder of the real TI clips")
     parser.add_argument("--cache", default="lab-out/cache", help="packed frames are kept here")
     parser.add_argument("--out", default="lab-out/run.json", help="results JSON; the curve PNG beside it")
+    parser.add_argument("--save", action="store_true",
+                        help="also save G's weights beside --out (.pt), to rescore without retraining")
+    parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT",
+                        help="also log the result(s) to this MLflow experiment, one run per result "
+                             "(compare them with python -m tune.compare --per-target)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
                         help="train nothing: print mean +- std over the given result files, one row "
                              "per (source, overrides), for G, each baseline and the gain")
@@ -218,9 +225,59 @@ def summarise(paths: list[str]) -> dict:
     return {"benchmark": "lab-summary", "groups": out}
 
 
+TARGET = "ped2"  # the lab's only target, named as make demo names it
+
+
+def log_mlflow(results: list[dict], experiment: str, uri: str | None = None) -> list[str]:
+    """One MLflow run per lab result, under the metric names of :mod:`zxvad.metrics`, so that
+    ``tune.compare --experiment EXPERIMENT --per-target`` reads lab runs like training runs: the
+    final figures as the run's metrics, every evaluation again at its step (the curve). Runs of
+    one (source, overrides) share a configuration tag; the seed is a param compare ignores."""
+    import mlflow
+
+    from zxvad import metrics, names
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_ids = []
+    for result in results:
+        config_id = f"lab {result['source']} {' '.join(result['overrides']) or '(preset)'}"
+        run = client.create_run(experiment_id, run_name=f"{config_id} seed {result['seed']}",
+                                tags={names.CONFIG_TAG: config_id, names.SEED_TAG: str(result["seed"])})
+        params = {"lab.source": result["source"], "lab.config": result["config"],
+                  "model.image_size": result["image_size"], "train.seed": result["seed"],
+                  **dict(o.split("=", 1) for o in result["overrides"])}
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        for e in result["evaluations"]:
+            values = {}
+            for protocol, name in metrics.PROTOCOL_METRICS.items():
+                base = {b: e[b][protocol] for b in metrics.BASELINES}
+                values[f"{name}/{TARGET}"] = e["G"][protocol]
+                values[f"{name}_gain/{TARGET}"] = metrics.protocol_gain(name, e["G"][protocol], base)
+                values[f"{name}/{names.MEAN}"] = values[f"{name}/{TARGET}"]
+                values[f"{name}_gain/{names.MEAN}"] = values[f"{name}_gain/{TARGET}"]
+                for b, v in base.items():
+                    values[f"{name}_baseline/{b}/{TARGET}"] = v
+                values[f"lab.{RELATIVE}/{name}"] = e[RELATIVE][protocol]
+            values["lab.minutes"] = e["minutes"]
+            for key, value in values.items():
+                client.log_metric(run.info.run_id, key, float(value), step=e["step"])
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+    print(f"lab: logged {len(run_ids)} run(s) to MLflow experiment '{experiment}' at {uri}", flush=True)
+    return run_ids
+
+
 def run(args) -> dict:
     if args.summarise:
-        return summarise(args.summarise)
+        summary = summarise(args.summarise)
+        if args.mlflow:
+            log_mlflow([json.loads(Path(p).read_text()) for p in args.summarise], args.mlflow,
+                       args.tracking_uri)
+        return summary
     import numpy as np
     import torch
 
@@ -299,6 +356,10 @@ def run(args) -> dict:
     from shards.storage import atomic_write
 
     atomic_write(out, json.dumps(result, indent=1))
+    if args.save:
+        torch.save(state.G.state_dict(), out.with_suffix(".pt"))
+    if args.mlflow:
+        log_mlflow([result], args.mlflow, args.tracking_uri)
     minutes = [e["minutes"] for e in evaluations]
     curve = {p: [100 * e["gain"][p] for e in evaluations] for p in scoring.PROTOCOLS}
     plots.gain_curve(minutes, curve, out.with_suffix(".png"), title=f"{args.source} -> ped2, seed {args.seed}")
