@@ -126,9 +126,31 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
     assert (tmp_path / "cache" / "ped2-test-32.npz").is_file()
     assert result["windows"]["kept"] <= result["windows"]["windows"]
     # the second run reads the packed frames back from the cache
-    lab.run(parser.parse_args([*common, "--source", "ped2", "--out", str(tmp_path / "in.json")]))
+    lab.run(parser.parse_args([*common, "--source", "ped2", "--out", str(tmp_path / "in.json"), "--save"]))
+    assert (tmp_path / "in.pt").stat().st_size > 0  # G's weights, to rescore without retraining
+    gains = lab.run(parser.parse_args([*common, "--source", "ped2", "--rescore", str(tmp_path / "in.pt"),
+                                       "--patch", "8", "--out", str(tmp_path / "rescored.json")]))
+    rescored, trained = (json.loads((tmp_path / n).read_text()) for n in ("rescored.json", "in.json"))
+    for protocol in ("micro_minmax", "micro_raw", "macro"):  # the same weights score the same
+        assert rescored["G"][protocol] == pytest.approx(trained["final"]["G"][protocol])
+        best = max(rescored[b + s][protocol] for b in ("copy_last", "mean_T", "linear") for s in ("", "_patch"))
+        assert rescored["gain_patch"][protocol] == pytest.approx(rescored["G_patch"][protocol] - best)
+        assert gains[f"gain_patch/{protocol}"] == pytest.approx(100 * rescored["gain_patch"][protocol], abs=0.01)
     assert "packing ped2 test" not in capsys.readouterr().out.split("lab: ped2")[-1]
     summary = lab.summarise([str(tmp_path / "ti.json"), str(tmp_path / "in.json")])["groups"]
     assert len(summary) == 2  # one row per source
     row = next(v for k, v in summary.items() if k.startswith("ti "))["micro_minmax"]
     assert row["seeds"] == 1 and row["G"][0] == pytest.approx(100 * result["final"]["G"]["micro_minmax"], abs=0.01)
+
+    # logged to MLflow, tune.compare reads the lab runs as it reads training runs
+    from tune import compare
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    lab.log_mlflow([result, json.loads((tmp_path / "in.json").read_text())], "lab-test", uri)
+    table = compare.build_table("lab-test", compare.load_runs("lab-test", uri))
+    assert table.targets == ["ped2"] and len(table.rows) == 2
+    ti_row = next(r for r in table.rows if r.params["lab.source"] == "ti")
+    assert ti_row.values["ped2"] == [pytest.approx(result["final"]["G"]["micro_minmax"])]
+    assert ti_row.values["baseline/copy_last/ped2"] == [pytest.approx(result["final"]["copy_last"]["micro_minmax"])]
+    assert ti_row.values["gain/ped2"] == [pytest.approx(result["final"]["gain"]["micro_minmax"])]
+    assert "**ped2**" in compare.per_target_markdown(table)

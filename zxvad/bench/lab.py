@@ -52,6 +52,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--clips", default=str(REAL_CLIPS), help="folder of the real TI clips")
     parser.add_argument("--cache", default="lab-out/cache", help="packed frames are kept here")
     parser.add_argument("--out", default="lab-out/run.json", help="results JSON; the curve PNG beside it")
+    parser.add_argument("--patch", type=int, default=0, metavar="PIXELS",
+                        help="also score every predictor by its worst PIXELS-square tile (beyond the paper)")
+    parser.add_argument("--rescore", default=None, metavar="PT",
+                        help="no training: load G's weights saved by --save and evaluate them (with --patch)")
+    parser.add_argument("--save", action="store_true",
+                        help="also save G's weights beside --out (.pt), to rescore without retraining")
+    parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT",
+                        help="also log the result(s) to this MLflow experiment, one run per result "
+                             "(compare them with python -m tune.compare --per-target)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--summarise", nargs="+", metavar="JSON", default=None,
                         help="train nothing: print mean +- std over the given result files, one row "
                              "per (source, overrides), for G, each baseline and the gain")
@@ -137,8 +148,13 @@ def window_index(videos: list[dict], window: int, clean: bool) -> tuple[list[tup
 # ------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(G, videos: list[dict], T: int, device, batch: int = 32) -> dict:
-    """G and each trivial baseline under every protocol, on every scorable frame of ``videos``."""
+def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int = 0) -> dict:
+    """G and each trivial baseline under every protocol, on every scorable frame of ``videos``.
+
+    ``patch`` > 0 also scores every predictor by its worst ``patch`` x ``patch`` tile (beyond the
+    paper, :func:`zxvad.scoring.patch_psnr`: "<name>_patch"), with ``gain_patch`` = G's tile
+    score minus the best baseline under either score, so a win is a win over every trivial
+    predictor."""
     import numpy as np
     import torch
 
@@ -146,7 +162,8 @@ def evaluate(G, videos: list[dict], T: int, device, batch: int = 32) -> dict:
 
     was_training = G.training
     G.eval()
-    psnrs: dict[str, list] = {"G": [], **{b: [] for b in scoring.BASELINES}}
+    names = ["G", *scoring.BASELINES]
+    psnrs: dict[str, list] = {n + suffix: [] for n in names for suffix in ("", "_patch")[:1 + (patch > 0)]}
     with torch.no_grad():
         for v in videos:
             frames = torch.from_numpy(v["frames"]).permute(0, 3, 1, 2)
@@ -156,9 +173,11 @@ def evaluate(G, videos: list[dict], T: int, device, batch: int = 32) -> dict:
                 clips = torch.stack([frames[s:s + T + 1] for s in starts]).to(device)
                 clips = clips.float() / 127.5 - 1
                 inputs, target = clips[:, :T], clips[:, T]
-                per["G"] += scoring.psnr(G(inputs).prediction, target).cpu().tolist()
-                for name, pred in scoring.baseline_predictions(inputs).items():
+                predictions = {"G": G(inputs).prediction, **scoring.baseline_predictions(inputs)}
+                for name, pred in predictions.items():
                     per[name] += scoring.psnr(pred, target).cpu().tolist()
+                    if patch:
+                        per[name + "_patch"] += scoring.patch_psnr(pred, target, patch).cpu().tolist()
             for name, values in per.items():
                 psnrs[name].append(scoring.VideoResult(v["id"], np.array(values), v["labels"]))
     G.train(was_training)
@@ -170,6 +189,10 @@ def evaluate(G, videos: list[dict], T: int, device, batch: int = 32) -> dict:
     for key, name in (("gain", "G"), ("gain_relative", RELATIVE)):
         figures[key] = {p: figures[name][p] - max(figures[b][p] for b in scoring.BASELINES)
                         for p in scoring.PROTOCOLS}
+    if patch:
+        rivals = [*scoring.BASELINES, *(b + "_patch" for b in scoring.BASELINES)]
+        figures["gain_patch"] = {p: figures["G_patch"][p] - max(figures[b][p] for b in rivals)
+                                 for p in scoring.PROTOCOLS}
     return figures
 
 
@@ -218,9 +241,59 @@ def summarise(paths: list[str]) -> dict:
     return {"benchmark": "lab-summary", "groups": out}
 
 
+TARGET = "ped2"  # the lab's only target, named as make demo names it
+
+
+def log_mlflow(results: list[dict], experiment: str, uri: str | None = None) -> list[str]:
+    """One MLflow run per lab result, under the metric names of :mod:`zxvad.metrics`, so that
+    ``tune.compare --experiment EXPERIMENT --per-target`` reads lab runs like training runs: the
+    final figures as the run's metrics, every evaluation again at its step (the curve). Runs of
+    one (source, overrides) share a configuration tag; the seed is a param compare ignores."""
+    import mlflow
+
+    from zxvad import metrics, names
+
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_ids = []
+    for result in results:
+        config_id = f"lab {result['source']} {' '.join(result['overrides']) or '(preset)'}"
+        run = client.create_run(experiment_id, run_name=f"{config_id} seed {result['seed']}",
+                                tags={names.CONFIG_TAG: config_id, names.SEED_TAG: str(result["seed"])})
+        params = {"lab.source": result["source"], "lab.config": result["config"],
+                  "model.image_size": result["image_size"], "train.seed": result["seed"],
+                  **dict(o.split("=", 1) for o in result["overrides"])}
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        for e in result["evaluations"]:
+            values = {}
+            for protocol, name in metrics.PROTOCOL_METRICS.items():
+                base = {b: e[b][protocol] for b in metrics.BASELINES}
+                values[f"{name}/{TARGET}"] = e["G"][protocol]
+                values[f"{name}_gain/{TARGET}"] = metrics.protocol_gain(name, e["G"][protocol], base)
+                values[f"{name}/{names.MEAN}"] = values[f"{name}/{TARGET}"]
+                values[f"{name}_gain/{names.MEAN}"] = values[f"{name}_gain/{TARGET}"]
+                for b, v in base.items():
+                    values[f"{name}_baseline/{b}/{TARGET}"] = v
+                values[f"lab.{RELATIVE}/{name}"] = e[RELATIVE][protocol]
+            values["lab.minutes"] = e["minutes"]
+            for key, value in values.items():
+                client.log_metric(run.info.run_id, key, float(value), step=e["step"])
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+    print(f"lab: logged {len(run_ids)} run(s) to MLflow experiment '{experiment}' at {uri}", flush=True)
+    return run_ids
+
+
 def run(args) -> dict:
     if args.summarise:
-        return summarise(args.summarise)
+        summary = summarise(args.summarise)
+        if args.mlflow:
+            log_mlflow([json.loads(Path(p).read_text()) for p in args.summarise], args.mlflow,
+                       args.tracking_uri)
+        return summary
     import numpy as np
     import torch
 
@@ -250,6 +323,21 @@ def run(args) -> dict:
           f"windows, {len(donor_pool)} donor frames, {steps} steps, batch {B}", flush=True)
 
     state = build_state(cfg, device)
+    if args.rescore:
+        state.G.load_state_dict(torch.load(args.rescore, map_location=device))
+        fig = evaluate(state.G, test, T, device, patch=args.patch)
+        print(_line(-1, 0.0, fig), flush=True)
+        keys = [k for k in fig if not k.startswith("gain")]
+        for p in scoring.PROTOCOLS:
+            print(f"  {p}: " + "  ".join(f"{k} {100 * fig[k][p]:.2f}" for k in keys)
+                  + "  " + "  ".join(f"{k} {100 * fig[k][p]:+.2f}" for k in fig if k.startswith("gain")), flush=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "lab-rescore", "weights": args.rescore, "patch": args.patch,
+                                   "overrides": args.overrides, **fig}, indent=1))
+        return {"benchmark": "lab-rescore", "out": str(out),
+                **{f"{k}/{p}": round(100 * fig[k][p], 2) for k in fig if k.startswith("gain")
+                   for p in scoring.PROTOCOLS}}
     g = torch.Generator().manual_seed(args.seed)
 
     def batch():
@@ -263,7 +351,7 @@ def run(args) -> dict:
     evaluations, losses, started, train_seconds = [], [], time.time(), 0.0
 
     def record(step: int) -> None:
-        fig = evaluate(state.G, test, T, device)
+        fig = evaluate(state.G, test, T, device, patch=args.patch)
         fig["diagnostics"] = diagnostics(state, *probe, cfg)
         minutes = (time.time() - started) / 60
         evaluations.append({"step": step, "minutes": round(minutes, 2),
@@ -299,6 +387,10 @@ def run(args) -> dict:
     from shards.storage import atomic_write
 
     atomic_write(out, json.dumps(result, indent=1))
+    if args.save:
+        torch.save(state.G.state_dict(), out.with_suffix(".pt"))
+    if args.mlflow:
+        log_mlflow([result], args.mlflow, args.tracking_uri)
     minutes = [e["minutes"] for e in evaluations]
     curve = {p: [100 * e["gain"][p] for e in evaluations] for p in scoring.PROTOCOLS}
     plots.gain_curve(minutes, curve, out.with_suffix(".png"), title=f"{args.source} -> ped2, seed {args.seed}")
