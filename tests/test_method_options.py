@@ -131,6 +131,10 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
     gains = lab.run(parser.parse_args([*common, "--source", "ped2", "--rescore", str(tmp_path / "in.pt"),
                                        "--patch", "8", "--out", str(tmp_path / "rescored.json")]))
     rescored, trained = (json.loads((tmp_path / n).read_text()) for n in ("rescored.json", "in.json"))
+    ids = [v for v in rescored["per_video"]["G"]]
+    assert ids and set(ids) == set(rescored["per_video"]["linear"])
+    defined = [a for a in rescored["per_video"]["G"].values() if a == a]  # NaN: a video of one class
+    assert rescored["G"]["macro"] == pytest.approx(sum(defined) / len(defined))
     for protocol in ("micro_minmax", "micro_raw", "macro"):  # the same weights score the same
         assert rescored["G"][protocol] == pytest.approx(trained["final"]["G"][protocol])
         best = max(rescored[b + s][protocol] for b in ("copy_last", "mean_T", "linear") for s in ("", "_patch"))

@@ -148,13 +148,16 @@ def window_index(videos: list[dict], window: int, clean: bool) -> tuple[list[tup
 # ------------------------------------------------------------------------------- evaluation
 
 
-def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int = 0) -> dict:
+def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int = 0,
+             detail: bool = False) -> dict:
     """G and each trivial baseline under every protocol, on every scorable frame of ``videos``.
 
     ``patch`` > 0 also scores every predictor by its worst ``patch`` x ``patch`` tile (beyond the
     paper, :func:`zxvad.scoring.patch_psnr`: "<name>_patch"), with ``gain_patch`` = G's tile
     score minus the best baseline under either score, so a win is a win over every trivial
-    predictor."""
+    predictor. ``detail`` adds each predictor's AUC per video ("per_video") and its papers' AUC
+    over the videos that hold both classes ("mixed_videos": Ped2's 08-11 are abnormal in every
+    frame, and per-video min-max stretches their scores over the whole range)."""
     import numpy as np
     import torch
 
@@ -189,6 +192,12 @@ def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int 
     for key, name in (("gain", "G"), ("gain_relative", RELATIVE)):
         figures[key] = {p: figures[name][p] - max(figures[b][p] for b in scoring.BASELINES)
                         for p in scoring.PROTOCOLS}
+    if detail:
+        figures["per_video"] = {name: {r.video_id: scoring.protocol_auc([r], T, "macro") for r in results}
+                                for name, results in psnrs.items()}
+        figures["mixed_videos"] = {name: scoring.protocol_auc(
+            [r for r in results if len(set(np.asarray(r.labels)[T:].tolist())) == 2], T, "micro_minmax")
+            for name, results in psnrs.items()}
     if patch:
         rivals = [*scoring.BASELINES, *(b + "_patch" for b in scoring.BASELINES)]
         figures["gain_patch"] = {p: figures["G_patch"][p] - max(figures[b][p] for b in rivals)
@@ -325,12 +334,19 @@ def run(args) -> dict:
     state = build_state(cfg, device)
     if args.rescore:
         state.G.load_state_dict(torch.load(args.rescore, map_location=device))
-        fig = evaluate(state.G, test, T, device, patch=args.patch)
+        fig = evaluate(state.G, test, T, device, patch=args.patch, detail=True)
         print(_line(-1, 0.0, fig), flush=True)
-        keys = [k for k in fig if not k.startswith("gain")]
+        keys = [k for k in fig if not k.startswith("gain") and k not in ("per_video", "mixed_videos")]
         for p in scoring.PROTOCOLS:
             print(f"  {p}: " + "  ".join(f"{k} {100 * fig[k][p]:.2f}" for k in keys)
                   + "  " + "  ".join(f"{k} {100 * fig[k][p]:+.2f}" for k in fig if k.startswith("gain")), flush=True)
+        print("  AUC per video (%), and the papers' AUC over the videos holding both classes:")
+        per = fig["per_video"]
+        print("  " + "video".ljust(8) + "".join(k.rjust(18) for k in per))
+        for vid in per["G"]:
+            print("  " + vid.ljust(8) + "".join(
+                ("-" if np.isnan(per[k][vid]) else f"{100 * per[k][vid]:.2f}").rjust(18) for k in per))
+        print("  " + "mixed".ljust(8) + "".join(f"{100 * fig['mixed_videos'][k]:.2f}".rjust(18) for k in per))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"benchmark": "lab-rescore", "weights": args.rescore, "patch": args.patch,
