@@ -145,6 +145,11 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
     assert len(summary) == 2  # one row per source
     row = next(v for k, v in summary.items() if k.startswith("ti "))["micro_minmax"]
     assert row["seeds"] == 1 and row["G"][0] == pytest.approx(100 * result["final"]["G"]["micro_minmax"], abs=0.01)
+    early = lab.summarise([str(tmp_path / "ti.json")], step=1)["groups"]  # read at step 1 of 2
+    assert next(iter(early.values()))["micro_minmax"]["G"][0] == pytest.approx(
+        100 * result["evaluations"][1]["G"]["micro_minmax"], abs=0.01)
+    with pytest.raises(ValueError, match="no evaluation at step 7"):
+        lab.summarise([str(tmp_path / "ti.json")], step=7)
 
     # logged to MLflow, tune.compare reads the lab runs as it reads training runs
     from tune import compare
