@@ -60,6 +60,8 @@ def add_arguments(parser) -> None:
                         help="also save G's weights beside --out (.pt), to rescore without retraining")
     parser.add_argument("--at-step", type=int, default=None, metavar="N",
                         help="with --summarise: read every run at its evaluation of step N, not its last")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="with --summarise: draw each group's gain against steps, mean +- std over seeds")
     parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT",
                         help="also log the result(s) to this MLflow experiment, one run per result "
                              "(compare them with python -m tune.compare --per-target)")
@@ -231,9 +233,11 @@ def at_step(result: dict, step: int | None) -> dict:
             "evaluations": [e for e in result["evaluations"] if e["step"] <= step]}
 
 
-def summarise(paths: list[str], step: int | None = None) -> dict:
+def summarise(paths: list[str], step: int | None = None, plot: str | None = None) -> dict:
     """Mean and std over seeds of the final evaluation (or the one at ``step``) of lab result
-    files, grouped by (source, overrides); one table per protocol, printed and returned."""
+    files, grouped by (source, overrides); one table per protocol, printed and returned.
+    ``plot``: a PNG of each group's gain against steps (the steps every run of it evaluated),
+    mean ± std over seeds, one panel per protocol."""
     import numpy as np
 
     from zxvad import scoring
@@ -262,6 +266,20 @@ def summarise(paths: list[str], step: int | None = None) -> dict:
                 "gain": [round(float(gain.mean()), 2), round(float(gain.std(ddof=ddof)), 2)],
                 "seeds": len(results), **{b: round(float(v), 2) for b, v in base.items()}}
     print("std: sample std over seeds (n - 1); gain: G minus the best baseline, in points")
+    if plot:
+        curves = {}
+        for p in scoring.PROTOCOLS:
+            for (source, overrides), results in groups.items():
+                steps = sorted(set.intersection(*({e["step"] for e in r["evaluations"]} for r in results)))
+                gains = np.array([[100 * next(e for e in r["evaluations"] if e["step"] == s)["gain"][p]
+                                   for s in steps] for r in results])
+                ddof = 1 if len(results) > 1 else 0
+                curves.setdefault(scoring.PROTOCOL_TITLES[p].split(" (")[0], {})[
+                    f"{source} {overrides} ({len(results)} seeds)"] = (
+                    steps, gains.mean(axis=0).tolist(), gains.std(axis=0, ddof=ddof).tolist())
+        from zxvad import plots
+
+        print(f"curves: {plots.seed_curves(curves, plot, 'G minus the best trivial baseline, Ped2 test')}")
     return {"benchmark": "lab-summary", "groups": out}
 
 
@@ -313,7 +331,7 @@ def log_mlflow(results: list[dict], experiment: str, uri: str | None = None) -> 
 
 def run(args) -> dict:
     if args.summarise:
-        summary = summarise(args.summarise, args.at_step)
+        summary = summarise(args.summarise, args.at_step, args.plot)
         if args.mlflow:
             log_mlflow([at_step(json.loads(Path(p).read_text()), args.at_step) for p in args.summarise],
                        args.mlflow, args.tracking_uri)
