@@ -141,10 +141,17 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
         assert rescored["gain_patch"][protocol] == pytest.approx(rescored["G_patch"][protocol] - best)
         assert gains[f"gain_patch/{protocol}"] == pytest.approx(100 * rescored["gain_patch"][protocol], abs=0.01)
     assert "packing ped2 test" not in capsys.readouterr().out.split("lab: ped2")[-1]
-    summary = lab.summarise([str(tmp_path / "ti.json"), str(tmp_path / "in.json")])["groups"]
+    summary = lab.summarise([str(tmp_path / "ti.json"), str(tmp_path / "in.json")],
+                            plot=str(tmp_path / "curves.png"))["groups"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
     assert len(summary) == 2  # one row per source
     row = next(v for k, v in summary.items() if k.startswith("ti "))["micro_minmax"]
     assert row["seeds"] == 1 and row["G"][0] == pytest.approx(100 * result["final"]["G"]["micro_minmax"], abs=0.01)
+    early = lab.summarise([str(tmp_path / "ti.json")], step=1)["groups"]  # read at step 1 of 2
+    assert next(iter(early.values()))["micro_minmax"]["G"][0] == pytest.approx(
+        100 * result["evaluations"][1]["G"]["micro_minmax"], abs=0.01)
+    with pytest.raises(ValueError, match="no evaluation at step 7"):
+        lab.summarise([str(tmp_path / "ti.json")], step=7)
 
     # logged to MLflow, tune.compare reads the lab runs as it reads training runs
     from tune import compare

@@ -177,3 +177,27 @@ def gain_curve(minutes: list[float], gains: dict[str, list[float]], path: str | 
     ax.set_title(title or "G minus the best trivial baseline")
     ax.legend(fontsize=8)
     return _save(fig, Path(path))
+
+
+def seed_curves(curves: dict[str, dict[str, tuple[list[int], list[float], list[float]]]],
+                path: str | Path, title: str = "") -> Path:
+    """Gain over the best trivial baseline against training steps, mean ± std over seeds: one
+    panel per protocol, one line per configuration. ``curves[protocol][config] = (steps, mean, std)``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.6), squeeze=False)
+    for ax, (protocol, lines) in zip(axes[0], curves.items()):
+        for name, (steps, mean, std) in lines.items():
+            ax.errorbar(steps, mean, yerr=std, marker="o", capsize=3, label=name)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.axhline(3, color="grey", linewidth=0.8, linestyle="--")  # the goal: 3 points over the best baseline
+        ax.set_xlabel("training steps")
+        ax.set_title(protocol, fontsize=9)
+    axes[0][0].set_ylabel("gain over best baseline (AUC points)")
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)

@@ -58,6 +58,10 @@ def add_arguments(parser) -> None:
                         help="no training: load G's weights saved by --save and evaluate them (with --patch)")
     parser.add_argument("--save", action="store_true",
                         help="also save G's weights beside --out (.pt), to rescore without retraining")
+    parser.add_argument("--at-step", type=int, default=None, metavar="N",
+                        help="with --summarise: read every run at its evaluation of step N, not its last")
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="with --summarise: draw each group's gain against steps, mean +- std over seeds")
     parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT",
                         help="also log the result(s) to this MLflow experiment, one run per result "
                              "(compare them with python -m tune.compare --per-target)")
@@ -216,16 +220,31 @@ def _line(step: int, minutes: float, fig: dict) -> str:
 # ------------------------------------------------------------------------------- the run
 
 
-def summarise(paths: list[str]) -> dict:
-    """Mean and std over seeds of the final evaluation of lab result files, grouped by
-    (source, overrides); one table per protocol, printed and returned."""
+def at_step(result: dict, step: int | None) -> dict:
+    """``result`` with its evaluation at ``step`` as the final one (None: left as it is), so that
+    runs of one length can be read beside a longer run's curve at the same step."""
+    if step is None:
+        return result
+    found = [e for e in result["evaluations"] if e["step"] == step]
+    if not found:
+        raise ValueError(f"no evaluation at step {step} in the {result['source']} run of seed "
+                         f"{result['seed']} (steps: {', '.join(str(e['step']) for e in result['evaluations'])})")
+    return {**result, "final": found[0], "steps": step,
+            "evaluations": [e for e in result["evaluations"] if e["step"] <= step]}
+
+
+def summarise(paths: list[str], step: int | None = None, plot: str | None = None) -> dict:
+    """Mean and std over seeds of the final evaluation (or the one at ``step``) of lab result
+    files, grouped by (source, overrides); one table per protocol, printed and returned.
+    ``plot``: a PNG of each group's gain against steps (the steps every run of it evaluated),
+    mean ± std over seeds, one panel per protocol."""
     import numpy as np
 
     from zxvad import scoring
 
     groups: dict[tuple, list[dict]] = {}
     for path in paths:
-        result = json.loads(Path(path).read_text())
+        result = at_step(json.loads(Path(path).read_text()), step)
         key = (result["source"], " ".join(result["overrides"]) or "(preset)")
         groups.setdefault(key, []).append(result)
     out = {}
@@ -247,6 +266,20 @@ def summarise(paths: list[str]) -> dict:
                 "gain": [round(float(gain.mean()), 2), round(float(gain.std(ddof=ddof)), 2)],
                 "seeds": len(results), **{b: round(float(v), 2) for b, v in base.items()}}
     print("std: sample std over seeds (n - 1); gain: G minus the best baseline, in points")
+    if plot:
+        curves = {}
+        for p in scoring.PROTOCOLS:
+            for (source, overrides), results in groups.items():
+                steps = sorted(set.intersection(*({e["step"] for e in r["evaluations"]} for r in results)))
+                gains = np.array([[100 * next(e for e in r["evaluations"] if e["step"] == s)["gain"][p]
+                                   for s in steps] for r in results])
+                ddof = 1 if len(results) > 1 else 0
+                curves.setdefault(scoring.PROTOCOL_TITLES[p].split(" (")[0], {})[
+                    f"{source} {overrides} ({len(results)} seeds)"] = (
+                    steps, gains.mean(axis=0).tolist(), gains.std(axis=0, ddof=ddof).tolist())
+        from zxvad import plots
+
+        print(f"curves: {plots.seed_curves(curves, plot, 'G minus the best trivial baseline, Ped2 test')}")
     return {"benchmark": "lab-summary", "groups": out}
 
 
@@ -298,10 +331,10 @@ def log_mlflow(results: list[dict], experiment: str, uri: str | None = None) -> 
 
 def run(args) -> dict:
     if args.summarise:
-        summary = summarise(args.summarise)
+        summary = summarise(args.summarise, args.at_step, args.plot)
         if args.mlflow:
-            log_mlflow([json.loads(Path(p).read_text()) for p in args.summarise], args.mlflow,
-                       args.tracking_uri)
+            log_mlflow([at_step(json.loads(Path(p).read_text()), args.at_step) for p in args.summarise],
+                       args.mlflow, args.tracking_uri)
         return summary
     import numpy as np
     import torch
