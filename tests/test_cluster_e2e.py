@@ -347,7 +347,7 @@ def _train_workers(stack: Stack) -> dict[int, str]:
 def _mlflow_run(stack: Stack, run_name: str, uri: str | None = None):
     import mlflow
 
-    from zxvad.tracking import RUN_NAME_TAG
+    from zxvad.names import RUN_NAME_TAG
 
     client = mlflow.MlflowClient(tracking_uri=uri or stack.mlflow_uri)
     experiment = client.get_experiment_by_name("zxvad-demo")

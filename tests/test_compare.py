@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from tune import compare
-from zxvad import tracking
+from zxvad import names
 
 # config (fraction) -> seed -> (street AUC, plaza AUC); fraction 0.25 and 1.0 are within spread
 AUCS = {
@@ -25,7 +25,7 @@ def _log_runs(uri, experiment, aucs, extra_params=None):
     for fraction, seeds in aucs.items():
         for seed, (street, plaza) in enumerate(seeds):
             run = client.create_run(exp_id, run_name=f"f{fraction}-s{seed}",
-                                    tags={tracking.SWEEP_TAG: experiment})
+                                    tags={names.SWEEP_TAG: experiment})
             params = {"data.fraction": fraction, "train.seed": seed, "data.seed": seed,
                       "model.backbone_seed": seed, "tracking.run_name": f"f{fraction}-s{seed}",
                       "data.train_shards": "s3://bucket/zxvad/shards/ucf101/train",
@@ -39,7 +39,7 @@ def _log_runs(uri, experiment, aucs, extra_params=None):
             client.log_metric(run.info.run_id, "auc/mean", (street + plaza) / 2, step=8)
             client.log_metric(run.info.run_id, "loss/l_rec", 0.1, step=8)
     # the sweep-level run holds no training and must not become a row
-    sweep = client.create_run(exp_id, run_name="sweep", tags={tracking.ROLE_TAG: "sweep"})
+    sweep = client.create_run(exp_id, run_name="sweep", tags={names.ROLE_TAG: "sweep"})
     client.log_metric(sweep.info.run_id, "auc/mean", 0.99)
     # a run that never evaluated is left out too
     client.create_run(exp_id, run_name="no-eval")

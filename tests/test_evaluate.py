@@ -182,7 +182,7 @@ def test_gain_and_mean_over_targets():
 def test_mlflow_holds_baselines_and_gains(result, tmp_path):
     import mlflow
 
-    from zxvad.tracking import log_evaluation
+    from zxvad.tracking.logger import log_evaluation
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)

@@ -297,12 +297,12 @@ SECRET_URLS = ["train.s3_endpoint=http://alice:hunter22@store:9000",
 
 
 def test_userinfo_and_secret_keys_are_redacted_in_params_yaml_and_checkpoints(tmp_path):
-    from zxvad import checkpoint, tracking
+    from zxvad import checkpoint, redaction
     from zxvad.step import build_state
 
     cfg = tiny_config(*SECRET_URLS, "eval.targets={street: s, api_key: kv99}")
-    params = tracking.safe_params(cfg)
-    text = repr(params) + tracking.redacted_config(cfg).to_yaml()
+    params = redaction.safe_params(cfg)
+    text = repr(params) + redaction.redacted_config(cfg).to_yaml()
     for secret in ("hunter22", "pa55word", "t0psecret", "kv99"):
         assert secret not in text
     assert params["train.s3_endpoint"] == "http://***@store:9000" and params["eval.targets.street"] == "s"
@@ -336,7 +336,7 @@ def test_mlflow_status_of_a_run_that_does_not_finish(shard_set, tmp_path, monkey
 
     from zxvad import train
     from zxvad.run import launch
-    from zxvad.tracking import RUN_NAME_TAG
+    from zxvad.names import RUN_NAME_TAG
 
     def fit(*args, **kwargs):
         raise raised
@@ -366,13 +366,14 @@ def test_compare_leaves_failed_runs_out_unless_asked(tmp_path, capsys):
     import mlflow
 
     from tune import compare
-    from zxvad import tracking
+    from zxvad.names import RUN_NAME_TAG
+    from zxvad.tracking.store import experiment_id
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = tracking.experiment_id(uri, "exp")
+    experiment = experiment_id(uri, "exp")
     for name, status, auc in (("good", "FINISHED", 0.9), ("bad", "FAILED", 0.99), ("cut", "KILLED", 0.98)):
-        run = client.create_run(experiment, run_name=name, tags={tracking.RUN_NAME_TAG: name})
+        run = client.create_run(experiment, run_name=name, tags={RUN_NAME_TAG: name})
         client.log_param(run.info.run_id, "train.seed", name)
         client.log_metric(run.info.run_id, "auc/street", auc)
         client.set_terminated(run.info.run_id, status=status)
@@ -387,7 +388,7 @@ def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_pa
 
     from tune.trial import sweep_run
     from tune import space
-    from zxvad import tracking
+    from zxvad.tracking.runs import open_run
     from zxvad.run import plan
 
     monkeypatch.chdir(tmp_path)
@@ -397,7 +398,7 @@ def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_pa
     rooted = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1", "tracking.artifact_location=arts")
     assert plan.default_run_name(plain) == plan.default_run_name(rooted)  # a resume may add it
     assert plan.default_run_name(plain) != plan.default_run_name(tiny_config("tracking.experiment=e1", "train.lr_g=1e-3"))
-    _, run_id = tracking.open_run(rooted, "r1")
+    _, run_id = open_run(rooted, "r1")
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
     assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "arts").as_uri())
@@ -406,7 +407,7 @@ def test_artifact_location_sets_new_experiments_root_and_not_the_run_name(tmp_pa
     capsys.readouterr()
     elsewhere = tiny_config(f"tracking.tracking_uri={uri}", "tracking.experiment=e1",
                             "tracking.artifact_location=s3://other/root")
-    tracking.open_run(elsewhere, "r2")  # MLflow cannot move an experiment: it says so and keeps it
+    open_run(elsewhere, "r2")  # MLflow cannot move an experiment: it says so and keeps it
     assert "warning: MLflow experiment 'e1' keeps its artifact location" in capsys.readouterr().out
     assert client.get_experiment_by_name("e1").artifact_location == (tmp_path / "arts").as_uri()
     sweep_file = tmp_path / "s.yaml"
@@ -426,16 +427,17 @@ def test_sweep_trial_runs_end_as_tune_saw_the_trials_end(tmp_path, capsys):
 
     from tune import compare
     from tune.trial import RunStatus
-    from zxvad import tracking
+    from zxvad.names import RUN_NAME_TAG
+    from zxvad.tracking.store import experiment_id
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = tracking.experiment_id(uri, "sw")
+    experiment = experiment_id(uri, "sw")
     trials = {name: SimpleNamespace(trial_id=name, status=status) for name, status in (
         ("done", "TERMINATED"), ("cut", "TERMINATED"), ("raised", "ERROR"), ("running", "RUNNING"),
         ("pending", "PENDING"))}
     for name in ("done", "cut", "raised", "running"):  # "pending" never started: no run
-        run = client.create_run(experiment, run_name=f"sw-{name}", tags={tracking.RUN_NAME_TAG: f"sw-{name}"})
+        run = client.create_run(experiment, run_name=f"sw-{name}", tags={RUN_NAME_TAG: f"sw-{name}"})
         client.log_metric(run.info.run_id, "auc/street", 0.5)  # left RUNNING, as a killed worker leaves it
     callback = RunStatus(uri, "sw")
     for name in ("done", "cut"):  # completed, or stopped by ASHA: both reach on_trial_complete

@@ -182,6 +182,38 @@ def test_nothing_in_zxvad_imports_tune():
     assert not {m: t for m, t in found.items() if t}, f"zxvad imports tune: {found}"
 
 
+# zxvad.serving: the scoring model is an MLflow pyfunc; zxvad.bench.lab: the lab (no Ray Train, no
+# training run) writes its finished results as runs of their own, for tune.compare to read
+MLFLOW_HOME = ("zxvad.tracking", "zxvad.serving", "zxvad.bench.lab")
+
+
+def mlflow_outside_its_home(modules: dict[str, Path]) -> dict[str, list[str]]:
+    """The modules outside :data:`MLFLOW_HOME` that import MLflow (anywhere in the file)."""
+    found = {name: sorted(_third_party(imported_names(path), ("mlflow",))) for name, path in modules.items()
+             if not any(name == home or name.startswith(home + ".") for home in MLFLOW_HOME)}
+    return {name: bad for name, bad in found.items() if bad}
+
+
+def test_only_tracking_serving_and_the_lab_import_mlflow():
+    """Everything else (the run's driver and workers, evaluation, tune) goes through
+    ``zxvad.tracking``, so what a run logs and reads back has one home."""
+    modules = module_files()
+    assert {"zxvad.tracking.runs", "zxvad.tracking.read", "zxvad.redaction"} <= set(modules)
+    found = mlflow_outside_its_home(modules)
+    assert not found, f"MLflow imported outside {MLFLOW_HOME}: {found}"
+
+
+def test_mlflow_outside_its_home_is_reported(tmp_path):
+    _empty_packages(tmp_path)
+    (tmp_path / "zxvad" / "tracking").mkdir()
+    (tmp_path / "zxvad" / "tracking" / "__init__.py").write_text("")
+    (tmp_path / "zxvad" / "tracking" / "runs.py").write_text("def f():\n    import mlflow\n")
+    (tmp_path / "zxvad" / "tracker.py").write_text("from mlflow.entities import Metric\n")
+    (tmp_path / "tune" / "compare.py").write_text("def g():\n    import mlflow.artifacts\n")
+    assert mlflow_outside_its_home(module_files(tmp_path)) == {
+        "zxvad.tracker": ["mlflow.entities", "mlflow.entities.Metric"], "tune.compare": ["mlflow.artifacts"]}
+
+
 def test_the_driver_plan_loads_nothing_heavy_before_the_inputs_are_checked():
     """`python -m zxvad.train` reports a bad input before torch, Ray or MLflow load (seconds each
     on 2 cores): the command and its plan, with all they import at module level, import none."""

@@ -39,7 +39,7 @@ def registered(tmp_path_factory):
               for p, m in (("G", 20.0), ("copy_last", 30.0))}
     cal = calibration.Calibration(scales, T, SIZE, sources=["synthetic"])
     mlflow.set_tracking_uri(uri)
-    from zxvad.tracking import experiment_id
+    from zxvad.tracking.store import experiment_id
 
     with mlflow.start_run(experiment_id=experiment_id(uri, "serving-test")):
         serving.log_model(G, cfg, calibration=cal, registered_model_name=NAME, alias="champion")

@@ -77,7 +77,7 @@ def _argv(overrides):
 def _mlflow_run(tmp_path, run_name):
     import mlflow
 
-    from zxvad.tracking import RUN_NAME_TAG
+    from zxvad.names import RUN_NAME_TAG
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("zxvad-demo")

@@ -226,7 +226,7 @@ def demo_sweep(tmp_path_factory):
             raise
     first = first_log.read_text(errors="replace")
     ended_first = [line.split()[1] for line in first.splitlines() if line.startswith("trial ") and " done at " in line]
-    from zxvad.tracking import TRIAL_TAG
+    from zxvad.names import TRIAL_TAG
 
     status_first = {r.data.tags[TRIAL_TAG]: r.info.status for r in _trial_runs(uri)[1]}
 
@@ -239,7 +239,7 @@ def demo_sweep(tmp_path_factory):
 def _trial_runs(uri, experiment="zxvad-demo-sweep"):
     import mlflow
 
-    from zxvad.tracking import ROLE_TAG, SWEEP_TAG
+    from zxvad.names import ROLE_TAG, SWEEP_TAG
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -261,7 +261,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(demo_sweep)
         assert f"trial {trial_id} done" not in demo_sweep["second"]
     client, trials, _ = _trial_runs(demo_sweep["uri"])
     assert len(trials) == 4  # one MLflow run per trial, resumed trials included
-    from zxvad.tracking import ATTEMPT_METRIC, TRIAL_TAG
+    from zxvad.names import ATTEMPT_METRIC, TRIAL_TAG
 
     for run in trials:
         attempts = client.get_metric_history(run.info.run_id, ATTEMPT_METRIC)
@@ -282,7 +282,7 @@ def test_asha_stopped_the_weak_trials_early(demo_sweep):
     assert any(t["params"]["train.lr_g"] == 1.0 and t["seed"] == 0 for t in stopped)
     assert any(not t["stopped_early"] and t["step"] == 12 for t in summary["trials"])
     client, trials, _ = _trial_runs(demo_sweep["uri"])
-    from zxvad.tracking import TRIAL_TAG
+    from zxvad.names import TRIAL_TAG
 
     by_trial = {r.data.tags[TRIAL_TAG]: r for r in trials}
     for t in summary["trials"]:  # MLflow agrees with what Tune saw at the trial's last result
@@ -377,7 +377,7 @@ def test_mlflow_nests_trials_under_the_sweep_with_datasets_and_a_registered_g(de
     import torch
 
     from zxvad.data.shardset import manifest_digest
-    from zxvad.tracking import PARENT_TAG
+    from zxvad.names import PARENT_TAG
 
     client, trials, sweep_runs = _trial_runs(demo_sweep["uri"])
     parent = sweep_runs[0]

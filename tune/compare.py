@@ -27,7 +27,7 @@ from typing import Any
 
 from shards.storage import atomic_path, atomic_write
 from tune.space import SEED_KEYS
-from zxvad.tracking import CONFIG_TAG, PARENT_TAG
+from zxvad.names import CONFIG_TAG, PARENT_TAG
 from zxvad import metrics as metric_names
 
 # Params that differ between runs of one configuration without changing it.
@@ -102,11 +102,12 @@ def load_runs(experiment: str, uri: str, include_failed: bool = False,
               parent_run_id: str = "") -> list[Any]:
     """The training runs of ``experiment`` that logged an AUC (FAILED or KILLED ones only if
     asked; only one sweep run's children if given)."""
-    from zxvad import tracking
+    from zxvad.tracking.read import training_runs
+    from zxvad.tracking.store import TrackingError
 
     try:
-        return tracking.training_runs(experiment, uri, include_failed, parent_run_id)
-    except tracking.TrackingError as err:
+        return training_runs(experiment, uri, include_failed, parent_run_id)
+    except TrackingError as err:
         raise CompareError(str(err)) from None
 
 
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print one table per target: G, each trivial baseline and the gain")
     args = parser.parse_args(argv)
 
-    from zxvad.tracking import resolve_uri
+    from zxvad.tracking.store import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():

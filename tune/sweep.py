@@ -207,7 +207,7 @@ def _best_yaml(sweep: Sweep, params: dict, value: float, n: int) -> str:
 def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str, parent_run_id: str,
            out: Path, wall_s: float) -> int:
     """Summaries, the best config (file + MLflow artifact); 130 when the sweep was interrupted."""
-    from zxvad import tracking
+    from zxvad.tracking.runs import close_sweep_run
 
     trials = trial_table(sweep, experiment_path, filesystem)
     unfinished = total - sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
@@ -231,8 +231,8 @@ def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str,
     params, value, n, group = best
     atomic_write(out / "best-config.yaml", _best_yaml(sweep, params, value, n))
     run_id = parent_run_id
-    tracking.log_sweep_result(uri, run_id, sweep.metric, value,
-                              [out / "best-config.yaml", out / "trials.json"])
+    close_sweep_run(uri, run_id, sweep.metric, value,
+                    [out / "best-config.yaml", out / "trials.json"])
     print(f"best: {json.dumps(params, default=str)} with {sweep.metric} {value:.4f} (mean of {n} seed(s))")
     print(f"best config: {out / 'best-config.yaml'} (also an artifact of MLflow run {run_id})")
     sign = 1 if sweep.mode == "max" else -1
@@ -245,8 +245,8 @@ def finish(sweep: Sweep, total: int, experiment_path: str, filesystem, uri: str,
 
 def prepare(argv: list[str] | None = None):
     """Parse and validate everything (sweep file, base config, shards, stores) with no Ray."""
-    from zxvad import tracking
     from zxvad.run import plan as planning
+    from zxvad.tracking.store import check_reachable, resolve_uri
 
     packaged = ", ".join(sorted(p.stem for p in space.PACKAGED_DIR.glob("*.yaml")))
     parser = argparse.ArgumentParser(prog="python -m tune.sweep", description=__doc__.split("\n\n")[0])
@@ -270,8 +270,8 @@ def prepare(argv: list[str] | None = None):
             planning.resolve_inputs(cfg)
             checked.add(key)
     planning.check_storage(sweep.base)
-    uri = tracking.resolve_uri(sweep.base.tracking.tracking_uri)
-    tracking.check_reachable(uri)
+    uri = resolve_uri(sweep.base.tracking.tracking_uri)
+    check_reachable(uri)
     out = Path(args.out or Path("sweeps") / sweep.name)
     return sweep, uri, out
 

@@ -16,9 +16,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from tune import space
 from tune.space import Sweep
 from zxvad import config as config_lib
-from zxvad import tracking
+from zxvad import names
+from zxvad.redaction import redact
 from zxvad.run import plan as planning
 from zxvad.run.launch import launch
+from zxvad.tracking import runs as tracking_runs
 
 ROUND = "eval_round"  # ASHA's time unit
 
@@ -66,8 +68,8 @@ def run_trial(config: dict, sweep: Sweep, uri: str, storage_path: str, parent_ru
         "tracking.experiment": sweep.name, "tracking.run_name": run_name, "tracking.tracking_uri": uri,
         "train.storage_path": storage_path, "train.keep_best_by": sweep.metric})
     plan = planning.open_tracking(planning.plan_run(cfg), parent_run_id=parent_run_id, tags={
-        tracking.SWEEP_TAG: sweep.name, tracking.TRIAL_TAG: trial_id,
-        tracking.CONFIG_TAG: space.config_id(params), tracking.SEED_TAG: str(seed)})
+        names.SWEEP_TAG: sweep.name, names.TRIAL_TAG: trial_id,
+        names.CONFIG_TAG: space.config_id(params), names.SEED_TAG: str(seed)})
     report = EvaluationReport(sweep.metric, cfg.train.steps, cfg.eval.eval_every)
     # The run's end status is not set here: Tune stops a trial (max_t, ASHA) by killing this actor,
     # so nothing in it can tell a stop from a crash. RunStatus, on the driver, records Tune's verdict.
@@ -154,10 +156,10 @@ class RunStatus(ray.tune.Callback):
 
     def _end(self, trial, status: str) -> None:
         try:
-            tracking.end_named_run(self.uri, self.experiment, f"{self.experiment}-{trial.trial_id}", status)
+            tracking_runs.end_named_run(self.uri, self.experiment, f"{self.experiment}-{trial.trial_id}", status)
         except Exception as err:  # a tracking hiccup must not stop the sweep
             print(f"warning: MLflow status {status} of trial {trial.trial_id} not recorded: "
-                  f"{tracking.redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}", flush=True)
+                  f"{redact(str(err).splitlines()[0] if str(err) else type(err).__name__)}", flush=True)
 
 
 def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
@@ -166,5 +168,5 @@ def sweep_run(sweep: Sweep, uri: str, sweep_file_text: str) -> str:
               "scheduler": sweep.scheduler.kind, "samples": sweep.samples, "seeds": sweep.seeds,
               "base": sweep.base_ref,
               "space": json.dumps({d.name: {d.kind: d.values} for d in sweep.space}, default=str)[:6000]}
-    return tracking.open_sweep_run(uri, sweep.name, params, sweep_file_text,
-                                   sweep.base.tracking.artifact_location)
+    return tracking_runs.open_sweep_run(uri, sweep.name, params, sweep_file_text,
+                                        sweep.base.tracking.artifact_location)

@@ -158,7 +158,7 @@ def find(checkpoint: str | Path) -> Calibration | None:
     there is none."""
     text = str(checkpoint)
     if text.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
-        from zxvad.tracking import served_checkpoint
+        from zxvad.tracking.read import served_checkpoint
 
         folder = served_checkpoint(text)
         path = folder / CALIBRATION_FILE if folder is not None else None

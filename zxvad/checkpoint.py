@@ -35,7 +35,7 @@ def save(state: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state.state_dict(), directory / STATE_FILE)
-    from zxvad.tracking import redacted_config  # the file outlives the run: no secret goes in it
+    from zxvad.redaction import redacted_config  # the file outlives the run: no secret goes in it
 
     (directory / CONFIG_FILE).write_text(redacted_config(state.cfg).to_yaml())
     meta = {"version": VERSION, "step": int(state.step), "backbone": state.cfg.model.backbone,
@@ -103,10 +103,11 @@ def _load_checkpoint_generator(path: str | Path) -> tuple[torch.nn.Module, confi
 
 
 def _load_mlflow_generator(uri: str, device) -> tuple[torch.nn.Module, config_lib.Config]:
-    from zxvad import tracking
+    from zxvad.tracking.read import load_generator_model
+    from zxvad.tracking.store import TrackingError
 
     try:
-        G, config_text = tracking.load_generator_model(uri, device, CONFIG_FILE)
-    except tracking.TrackingError as err:
+        G, config_text = load_generator_model(uri, device, CONFIG_FILE)
+    except TrackingError as err:
         raise CheckpointError(str(err)) from None
     return G, config_lib.from_yaml_text(config_text)

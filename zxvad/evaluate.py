@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     print("efficiency: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
     print(f"wrote {', '.join(str(f) for f in files)}")
     if args.mlflow_run:
-        from zxvad.tracking import log_evaluation
+        from zxvad.tracking.logger import log_evaluation
 
         log_evaluation(args.mlflow_run, results, figures, files)
     return 0

@@ -1,8 +1,8 @@
 """The names a run's metrics and MLflow tags are logged under, defined once.
 
 This module imports nothing, so the driver (before torch), the workers, ``zxvad.metrics``,
-``zxvad.tracking`` and ``tune`` all read the same names. What each summary metric means is
-written in :mod:`zxvad.metrics`, which computes them.
+``zxvad.tracking``, ``zxvad.serving`` and ``tune`` all read the same names. What each summary
+metric means is written in :mod:`zxvad.metrics`, which computes them.
 """
 
 # Summary metrics of an evaluation: "<head>/<target>" and "<head>/mean" (baselines: "<head>/<name>/<target>").
@@ -20,6 +20,7 @@ TRIAL_TAG = "zxvad.trial_id"
 SEED_TAG = "zxvad.seed"
 ATTEMPT_METRIC = "sweep/attempt"  # logged at each start of a trial: a resumed trial logs 2
 GENERATOR_MODEL = "generator"  # the final G: runs:/<run_id>/generator
+CHECKPOINT_ARTIFACT = "checkpoint"  # inside a scoring model: G's weights, config, calibration
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: a sweep trial's run -> the sweep run
 
 

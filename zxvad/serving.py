@@ -111,7 +111,8 @@ def write_serving_checkpoint(G: torch.nn.Module, cfg, folder: str | Path, calibr
     config as the checkpoint stores it (no secret in it)."""
     from zxvad.checkpoint import CONFIG_FILE, STATE_FILE
     from zxvad.ddp import unwrap
-    from zxvad.tracking import CHECKPOINT_ARTIFACT, redacted_config
+    from zxvad.names import CHECKPOINT_ARTIFACT
+    from zxvad.redaction import redacted_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def log_model(G: torch.nn.Module, cfg, *, name: str = MODEL_NAME, calibration=No
                         ColSpec("double", "copy_last_psnr"), ColSpec("double", "score")]))
     example = np.zeros((m.T + 2, m.image_size, m.image_size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
-        from zxvad.tracking import CHECKPOINT_ARTIFACT
+        from zxvad.names import CHECKPOINT_ARTIFACT
 
         folder = write_serving_checkpoint(G, cfg, Path(tmp) / CHECKPOINT_ARTIFACT, calibration)
         info = mlflow.pyfunc.log_model(
@@ -189,7 +190,7 @@ with warnings.catch_warnings():  # MLflow asks for type hints; the signature is 
             from zxvad import calibration as calibration_lib
             from zxvad.checkpoint import load_generator
 
-            from zxvad.tracking import CHECKPOINT_ARTIFACT
+            from zxvad.names import CHECKPOINT_ARTIFACT
 
             folder = context.artifacts[CHECKPOINT_ARTIFACT]
             self.G, self.cfg = load_generator(folder, "cpu")
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from zxvad import calibration as calibration_lib
         from zxvad.checkpoint import load_generator
-        from zxvad.tracking import experiment_id, resolve_uri
+        from zxvad.tracking.store import experiment_id, resolve_uri
 
         G, cfg = load_generator(args.checkpoint)
         found = calibration_lib.find(args.checkpoint)

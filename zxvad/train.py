@@ -16,7 +16,7 @@ import sys
 
 from zxvad import config as config_lib
 from zxvad.run import plan as planning
-from zxvad.tracking import redact
+from zxvad.redaction import redact
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     # The plan stands: only now torch, Ray and MLflow are imported (seconds on a small machine).
-    from zxvad import tracking
     from zxvad.run import console, launch
+    from zxvad.tracking.runs import recorded_status
 
     console.start_ray(args.verbose)
     print(f"run {plan.name}: {cfg.train.num_workers} worker(s), {cfg.train.steps} steps, "
           f"{'GPU' if cfg.train.use_gpu else 'CPU'}; checkpoints in {redact(cfg.train.storage_path)}", flush=True)
     try:
-        with tracking.recorded_status(plan.tracking_uri, plan.run_id):  # FAILED or KILLED when it does not finish
+        with recorded_status(plan.tracking_uri, plan.run_id):  # FAILED or KILLED when it does not finish
             result = launch.launch(plan, verbose=args.verbose)
     except Exception as err:  # Ray wraps worker errors; show the root cause in one line
         if not args.verbose:

@@ -19,10 +19,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    from zxvad import metrics, plots, tracking
+    from zxvad import metrics, plots
+    from zxvad.tracking.read import metric_history
+    from zxvad.tracking.store import absolute_uri, resolve_uri
 
-    uri = tracking.absolute_uri(tracking.resolve_uri(args.tracking_uri))
-    start_ms, history = tracking.metric_history(uri, args.run, (f"{metrics.AUC}/", f"{metrics.GAIN}/"))
+    uri = absolute_uri(resolve_uri(args.tracking_uri))
+    start_ms, history = metric_history(uri, args.run, (f"{metrics.AUC}/", f"{metrics.GAIN}/"))
     gains = sorted(k for k in history if k.startswith(f"{metrics.GAIN}/"))
     if not gains:
         raise ValueError(f"run {args.run} logged no {metrics.GAIN}/* metric (no baselines?)")

@@ -19,7 +19,7 @@ from zxvad import metrics as metrics_lib
 from zxvad import names
 from zxvad.config import Config
 from zxvad.run.launch import best_checkpoint
-from zxvad.tracking import redact
+from zxvad.redaction import redact
 
 TRAIN_WORKER = "RayTrainWorker"  # the actor class of Ray Train's workers, as Ray names their output
 

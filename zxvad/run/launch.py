@@ -18,7 +18,7 @@ from zxvad.config import Config
 from zxvad.feeding import worker_resources
 from zxvad.run.plan import Inputs, RunPlan
 from zxvad.run.worker import TrainJob, train_loop_per_worker
-from zxvad.tracking import redact
+from zxvad.redaction import redact
 
 # Environment a worker needs and may see: endpoints and URIs, never keys.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",

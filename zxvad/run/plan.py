@@ -17,9 +17,9 @@ from pathlib import Path
 
 from shards.storage import is_s3, parse_s3_url
 from zxvad import config as config_lib
-from zxvad import tracking
 from zxvad.config import Config
 from zxvad.data.shardset import ShardInfo, check_shards, manifest_digest, verify_shard_set
+from zxvad.tracking import runs as tracking_runs
 
 
 @dataclass
@@ -64,10 +64,10 @@ def plan_run(cfg: Config, *, verify_hash: bool = False, fresh: bool = False) -> 
 def open_tracking(plan: RunPlan, *, parent_run_id: str = "", tags: dict[str, str] | None = None) -> RunPlan:
     """The plan with its MLflow run found or created (a sweep's child when ``parent_run_id``),
     the shard sets logged as datasets and ``tags`` set."""
-    uri, run_id = tracking.open_run(plan.cfg, plan.name, parent_run_id=parent_run_id,
-                                    datasets=dataset_refs(plan.cfg))
+    uri, run_id = tracking_runs.open_run(plan.cfg, plan.name, parent_run_id=parent_run_id,
+                                         datasets=dataset_refs(plan.cfg))
     if tags:
-        tracking.tag_trial(uri, run_id, tags)
+        tracking_runs.tag_trial(uri, run_id, tags)
     return dataclasses.replace(plan, run_id=run_id, tracking_uri=uri)
 
 

@@ -17,7 +17,7 @@ from zxvad import checkpoint as ckpt
 from zxvad import evaluate as ev
 from zxvad import metrics as metrics_lib
 from zxvad import names, serving
-from zxvad import tracking
+from zxvad.tracking.logger import RunLogger, log_evaluation
 from zxvad.config import Config
 from zxvad.data import ClipLoader, DonorLoader, ShardError, verify_shard_set
 from zxvad.ddp import unwrap, wrap_trained
@@ -157,8 +157,8 @@ def _save_and_report(job: TrainJob, state, losses: dict, device, run, evaluate_n
                                                         Path(folder), last)
                 metrics.update(_evaluation_metrics(results, figures))
                 if run is not None:
-                    tracking.log_evaluation(run.run_id, results, figures, files if last else [],
-                                            step=step, uri=run.uri)
+                    log_evaluation(run.run_id, results, figures, files if last else [],
+                                   step=step, uri=run.uri)
             if last and run is not None:
                 auc = {k: v for k, v in metrics.items() if names.is_auc_or_gain(k)}
                 info = serving.log_model(unwrap(state.G), job.cfg,  # a pyfunc that serves per-frame scores
@@ -183,7 +183,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if world > 1:
         wrap_trained(state, device)
     clips, donors = _loaders(job, state.step, rank, world, device)
-    run = tracking.RunLogger(job.tracking_uri, job.run_id) if rank == 0 and job.run_id else None
+    run = RunLogger(job.tracking_uri, job.run_id) if rank == 0 and job.run_id else None
     if run and resumed:  # the run's history shows every restart and its step
         run.log_metrics({"resumed_from_step": state.step}, state.step)
     progress = Progress(cfg.train.steps, state.step)
