@@ -295,7 +295,9 @@ def log_mlflow(results: list[dict], experiment: str, uri: str | None = None) -> 
 
     from zxvad import metrics, names
 
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from zxvad.tracking.store import resolve_uri
+
+    uri = resolve_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -353,19 +355,8 @@ def run(args) -> dict:
     device = torch.device(args.device)
     cache = Path(args.cache)
     test = packed("ped2", Path(args.ped2), "test", S, cache)
-    if args.source == "ped2":
-        train = packed("ped2", Path(args.ped2), "train", S, cache)
-    else:
-        train = packed("videofolder", Path(args.clips), "train", S, cache)
-    index, counts = window_index(train, T + 1, clean=args.source == "ti" and not args.no_clean)
-    if not index:
-        raise ValueError(f"{args.source}: no training window of {T + 1} frames")
-    donor_pool = torch.from_numpy(np.concatenate([v["frames"][::4] for v in train])).permute(0, 3, 1, 2)
-    print(f"lab: {args.source} -> ped2 test, {S}x{S}, {counts['kept']} of {counts['windows']} "
-          f"windows, {len(donor_pool)} donor frames, {steps} steps, batch {B}", flush=True)
-
-    state = build_state(cfg, device)
-    if args.rescore:
+    if args.rescore:  # no training: the training set is not packed
+        state = build_state(cfg, device)
         state.G.load_state_dict(torch.load(args.rescore, map_location=device))
         fig = evaluate(state.G, test, T, device, patch=args.patch, detail=True)
         print(_line(-1, 0.0, fig), flush=True)
@@ -382,11 +373,25 @@ def run(args) -> dict:
         print("  " + "mixed".ljust(8) + "".join(f"{100 * fig['mixed_videos'][k]:.2f}".rjust(18) for k in per))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": "lab-rescore", "weights": args.rescore, "patch": args.patch,
-                                   "overrides": args.overrides, **fig}, indent=1))
+        from shards.storage import atomic_write
+
+        atomic_write(out, json.dumps({"benchmark": "lab-rescore", "weights": args.rescore, "patch": args.patch,
+                                    "overrides": args.overrides, **fig}, indent=1))
         return {"benchmark": "lab-rescore", "out": str(out),
                 **{f"{k}/{p}": round(100 * fig[k][p], 2) for k in fig if k.startswith("gain")
                    for p in scoring.PROTOCOLS}}
+    if args.source == "ped2":
+        train = packed("ped2", Path(args.ped2), "train", S, cache)
+    else:
+        train = packed("videofolder", Path(args.clips), "train", S, cache)
+    index, counts = window_index(train, T + 1, clean=args.source == "ti" and not args.no_clean)
+    if not index:
+        raise ValueError(f"{args.source}: no training window of {T + 1} frames")
+    donor_pool = torch.from_numpy(np.concatenate([v["frames"][::4] for v in train])).permute(0, 3, 1, 2)
+    print(f"lab: {args.source} -> ped2 test, {S}x{S}, {counts['kept']} of {counts['windows']} "
+          f"windows, {len(donor_pool)} donor frames, {steps} steps, batch {B}", flush=True)
+
+    state = build_state(cfg, device)
     g = torch.Generator().manual_seed(args.seed)
 
     def batch():
