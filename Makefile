@@ -41,8 +41,10 @@ demo: $(STAMP)
 	else echo "note: UCSD Ped2 not found at $(PED2) (make demo PED2=DIR): the demo runs without target ped2"; fi; \
 	$(BIN)/python -m zxvad.train --config demo --set "eval.targets={$$targets}" $(DEMO_ARGS)
 
+# PYTHONFAULTHANDLER: a crash in a native library (DALI, Ray, torch) prints every thread's Python
+# stack, also after pytest's own fault handler is gone (interpreter shutdown).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db ray_results demo-out

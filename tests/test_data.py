@@ -349,3 +349,57 @@ def test_uniform_clip_frames_only_for_training_sets(train_set, test_set):
 
     assert uniform_clip_frames(check_shards(resolve_shards(str(train_set)), gpu=False)) == 12
     assert uniform_clip_frames(check_shards(resolve_shards(str(test_set)), gpu=False)) == 0  # last clips are shorter
+
+
+class _FlakyS3:
+    """A boto3 client double: ``outages`` connection failures, then ``answer`` (an object or an error)."""
+
+    def __init__(self, outages, answer):
+        self.outages, self.answer, self.calls = outages, answer, 0
+
+    def get_object(self, Bucket, Key, **extra):
+        self.calls += 1
+        if self.calls <= self.outages:
+            from botocore.exceptions import EndpointConnectionError
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return {"Body": io.BytesIO(self.answer)}
+
+
+def _client_error(code, status):
+    from botocore.exceptions import ClientError
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+def test_s3_reads_wait_out_an_outage_but_not_a_missing_object(monkeypatch):
+    """A store that restarts is waited for (a run then resumes instead of failing for good); a
+    missing object or absent credentials fail at once; a long outage is a retryable error, not a
+    ShardError, so Ray Train's failure policy still retries the run."""
+    from botocore.exceptions import NoCredentialsError
+
+    from zxvad.data import shardset
+
+    sleeps = []
+    monkeypatch.setattr(shardset.time, "sleep", sleeps.append)
+    flaky = _FlakyS3(outages=3, answer=b'{"shards": []}')
+    monkeypatch.setattr(shardset, "_s3_client", lambda: flaky)
+    assert shardset.read_bytes("s3://b/set/manifest.json") == b'{"shards": []}'
+    assert flaky.calls == 4 and len(sleeps) == 3 and sleeps == sorted(sleeps)
+
+    for answer in (_client_error("NoSuchKey", 404), NoCredentialsError()):
+        sleeps.clear()
+        monkeypatch.setattr(shardset, "_s3_client", lambda answer=answer: _FlakyS3(0, answer))
+        with pytest.raises(ShardError, match="no manifest.json found"):
+            shardset.load_manifest("s3://b/set")
+        assert sleeps == []
+
+    monkeypatch.setattr(shardset, "S3_OUTAGE_WAIT_S", 0.0)
+    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(10**6, b""))
+    with pytest.raises(shardset.StorageUnreachable, match="cannot reach S3") as caught:
+        shardset.load_manifest("s3://b/set")
+    from zxvad.run.launch import PERMANENT_ERRORS
+    assert not isinstance(caught.value, PERMANENT_ERRORS)
+    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(0, _client_error("InternalError", 503)))
+    with pytest.raises(shardset.StorageUnreachable, match="S3 error InternalError"):
+        shardset.read_bytes("s3://b/set/manifest.json")

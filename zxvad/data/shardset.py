@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,20 +47,52 @@ def _s3_client():
     return s3.client()
 
 
+class StorageUnreachable(ConnectionError):
+    """S3 did not answer (connection refused, timeout, 5xx) for ``S3_OUTAGE_WAIT_S``: worth a retry
+    of the run, unlike a missing object (``FileNotFoundError``) or a bad set (:class:`ShardError`)."""
+
+
+S3_OUTAGE_WAIT_S = 60.0  # a store that restarts is waited for this long before a read gives up
+_S3_MISSING = ("404", "NoSuchKey", "NoSuchBucket")
+
+
+def _s3_call(path: str, call):
+    """``call(client, bucket, key)``, waited out through an S3 outage; a missing object raises
+    ``FileNotFoundError`` at once, an outage longer than ``S3_OUTAGE_WAIT_S`` :class:`StorageUnreachable`."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    from shards.s3 import describe
+
+    bucket, key = parse_s3_url(path)
+    deadline, pause = time.monotonic() + S3_OUTAGE_WAIT_S, 0.5
+    while True:
+        try:
+            return call(_s3_client(), bucket, key)
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in _S3_MISSING or status == 404:
+                raise FileNotFoundError(describe(err, path)) from None
+            if status < 500 or time.monotonic() > deadline:
+                raise (StorageUnreachable if status >= 500 else FileNotFoundError)(describe(err, path)) from None
+        except (BotoConnectionError, HTTPClientError) as err:  # refused, reset, timed out
+            if time.monotonic() > deadline:
+                raise StorageUnreachable(f"{describe(err, path)} for {S3_OUTAGE_WAIT_S:.0f} s") from None
+        except Exception as err:  # no credentials, a bad URL: waiting will not help
+            raise FileNotFoundError(describe(err, path)) from None
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
+
+
 def read_bytes(path: str, offset: int = 0, size: int | None = None) -> bytes:
     """Bytes of a local file or S3 object (``size`` bytes from ``offset``, or all of it)."""
     if not is_s3(path):
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read() if size is None else f.read(size)
-    from shards.s3 import describe
-
     extra = {"Range": f"bytes={offset}-{offset + size - 1}"} if size is not None else {}
-    try:
-        bucket, key = parse_s3_url(path)
-        body = _s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
-    except Exception as err:  # botocore raises many kinds; all mean "cannot read it"
-        raise FileNotFoundError(describe(err, path)) from None
+    body = _s3_call(path, lambda s3, bucket, key: s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read())
     return body[offset:] if size is None and offset else body
 
 
@@ -71,10 +104,9 @@ def _exists(path: str) -> bool:
     if not is_s3(path):
         return os.path.isfile(path)
     try:
-        bucket, key = parse_s3_url(path)
-        _s3_client().head_object(Bucket=bucket, Key=key)
+        _s3_call(path, lambda s3, bucket, key: s3.head_object(Bucket=bucket, Key=key))
         return True
-    except Exception:
+    except FileNotFoundError:
         return False
 
 
