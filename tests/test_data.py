@@ -372,34 +372,80 @@ def _client_error(code, status):
     return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
 
 
-def test_s3_reads_wait_out_an_outage_but_not_a_missing_object(monkeypatch):
-    """A store that restarts is waited for (a run then resumes instead of failing for good); a
-    missing object or absent credentials fail at once; a long outage is a retryable error, not a
-    ShardError, so Ray Train's failure policy still retries the run."""
+def test_s3_reads_tell_an_outage_from_a_missing_object(monkeypatch):
+    """A missing object or absent credentials are a bad shard set (ShardError: not retried); a
+    store that does not answer is StorageUnreachable, not a ValueError, so Ray Train retries the run
+    (a restarted S3 server was once reported as "no manifest.json" and the run stopped for good)."""
     from botocore.exceptions import NoCredentialsError
 
     from zxvad.data import shardset
+    from zxvad.run.launch import PERMANENT_ERRORS
 
-    sleeps = []
-    monkeypatch.setattr(shardset.time, "sleep", sleeps.append)
-    flaky = _FlakyS3(outages=3, answer=b'{"shards": []}')
-    monkeypatch.setattr(shardset, "_s3_client", lambda: flaky)
-    assert shardset.read_bytes("s3://b/set/manifest.json") == b'{"shards": []}'
-    assert flaky.calls == 4 and len(sleeps) == 3 and sleeps == sorted(sleeps)
-
-    for answer in (_client_error("NoSuchKey", 404), NoCredentialsError()):
-        sleeps.clear()
+    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(0, b'{"shards": []}'))
+    assert shardset.load_manifest("s3://b/set")[0] == {"shards": []}
+    for answer in (_client_error("NoSuchKey", 404), _client_error("403", 403), NoCredentialsError()):
         monkeypatch.setattr(shardset, "_s3_client", lambda answer=answer: _FlakyS3(0, answer))
         with pytest.raises(ShardError, match="no manifest.json found"):
             shardset.load_manifest("s3://b/set")
-        assert sleeps == []
+    for flaky in (_FlakyS3(1, b""), _FlakyS3(0, _client_error("InternalError", 503))):
+        monkeypatch.setattr(shardset, "_s3_client", lambda flaky=flaky: flaky)
+        with pytest.raises(shardset.StorageUnreachable, match="shards s3://b/set: .*(cannot reach S3|InternalError)") as caught:
+            shardset.load_manifest("s3://b/set")
+        assert not isinstance(caught.value, PERMANENT_ERRORS)
 
-    monkeypatch.setattr(shardset, "S3_OUTAGE_WAIT_S", 0.0)
-    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(10**6, b""))
-    with pytest.raises(shardset.StorageUnreachable, match="cannot reach S3") as caught:
-        shardset.load_manifest("s3://b/set")
-    from zxvad.run.launch import PERMANENT_ERRORS
-    assert not isinstance(caught.value, PERMANENT_ERRORS)
-    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(0, _client_error("InternalError", 503)))
-    with pytest.raises(shardset.StorageUnreachable, match="S3 error InternalError"):
-        shardset.read_bytes("s3://b/set/manifest.json")
+
+def test_a_worker_waits_for_an_unreachable_store_before_the_retry(monkeypatch):
+    """After a DALI error the worker re-checks the sets: a damaged set is a ShardError, a store
+    that is down is waited for (so that Ray Train's retry finds it back), then no verdict."""
+    from zxvad.data.shardset import StorageUnreachable
+    from zxvad.run import worker
+
+    answers, sleeps = [], []
+    def verify(spec, fraction):
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+    monkeypatch.setattr(worker, "verify_shard_set", verify)
+    monkeypatch.setattr(worker.time, "sleep", sleeps.append)
+    inputs = type("Inputs", (), {"sets": [("s3://b/set", 1.0)]})()
+
+    answers[:] = [StorageUnreachable("down"), StorageUnreachable("down"), None]
+    assert worker.shard_defect(inputs, wait_s=60) is None and answers == [] and len(sleeps) == 2
+    damaged = ShardError("shard s3://b/set/x-000000.tar: truncated")
+    answers[:] = [StorageUnreachable("down"), damaged]
+    assert worker.shard_defect(inputs, wait_s=60) is damaged
+    sleeps.clear()
+    answers[:] = [StorageUnreachable("down")] * 3
+    assert worker.shard_defect(inputs, wait_s=0) is None and sleeps == []
+
+
+def test_window_pool_delivers_each_window_once_drawn_from_the_whole_pool():
+    """The pool behind several windows per clip: every window cut is delivered at most once,
+    batches are uniform draws from everything waiting (a window can wait several batches), and
+    only the pool's remainder is never delivered."""
+    from zxvad.data.pipelines import _RandomLoader
+
+    batch, windows = 4, 3
+    loader = object.__new__(_RandomLoader)
+    loader.batch_size, loader.windows_per_clip = batch, windows
+    loader.items_delivered = loader.distinct_clips = 0
+    loader._generator = torch.Generator().manual_seed(0)
+    made = []
+
+    def pipeline_batches():
+        for run in range(60):
+            ids = torch.arange(len(made), len(made) + batch * windows)
+            made.extend(ids.tolist())
+            clips = torch.arange(run * batch, (run + 1) * batch).repeat_interleave(windows)
+            yield ids.float().view(-1, 1), clips
+    loader._pipeline_batches = pipeline_batches
+    delivered, waits = [], []
+    iterator = iter(loader)
+    for _ in range(150):
+        items = next(iterator).view(-1).long().tolist()
+        waits += [len(delivered) // batch - item // (batch * windows) for item in items]
+        delivered += items
+    assert len(delivered) == len(set(delivered)) == 150 * batch == loader.items_delivered
+    assert set(delivered) <= set(made) and len(made) - len(delivered) <= 3 * batch * windows
+    assert max(waits) > 2 * windows  # some windows wait long: the draw is over the whole pool
+    assert 1 < loader.distinct_clips / 150 <= batch

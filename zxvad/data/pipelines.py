@@ -256,19 +256,25 @@ class _RandomLoader:
                 self.distinct_clips += len(x)
                 yield x
             return
+        # Each batch is a uniform random draw, without replacement, from the windows waiting in
+        # the pool. Only the drawn windows are copied; the pool is compacted (the windows left,
+        # then the new ones) when it is refilled, once every ``windows_per_clip`` batches.
         pool_size = 2 * self.batch_size * self.windows_per_clip
-        pool, sources = None, None
+        pool, sources, waiting = None, None, torch.zeros(0, dtype=torch.long)
         while True:
-            while pool is None or len(pool) < pool_size:
+            while len(waiting) < pool_size:
                 x, clips = next(batches)
-                pool = x if pool is None else torch.cat([pool, x])
-                sources = clips if sources is None else torch.cat([sources, clips])
-            order = torch.randperm(len(pool), generator=self._generator)
-            take, keep = order[:self.batch_size], order[self.batch_size:]
+                if pool is None:
+                    pool, sources = x, clips
+                else:
+                    pool = torch.cat([pool[waiting.to(pool.device)], x])
+                    sources = torch.cat([sources[waiting], clips])
+                waiting = torch.arange(len(pool))
+            order = torch.randperm(len(waiting), generator=self._generator)
+            take, waiting = waiting[order[:self.batch_size]], waiting[order[self.batch_size:]]
             self.items_delivered += len(take)
             self.distinct_clips += len(set(sources[take].tolist()))
             yield pool[take.to(pool.device)]
-            pool, sources = pool[keep.to(pool.device)], sources[keep]
 
 
 class ClipLoader(_RandomLoader):

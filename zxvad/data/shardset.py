@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,41 +47,33 @@ def _s3_client():
 
 
 class StorageUnreachable(ConnectionError):
-    """S3 did not answer (connection refused, timeout, 5xx) for ``S3_OUTAGE_WAIT_S``: worth a retry
-    of the run, unlike a missing object (``FileNotFoundError``) or a bad set (:class:`ShardError`)."""
+    """S3 did not answer (connection refused, timed out, 5xx): an outage, worth a retry of the run,
+    unlike a missing object (``FileNotFoundError``) or a bad set (:class:`ShardError`)."""
 
 
-S3_OUTAGE_WAIT_S = 60.0  # a store that restarts is waited for this long before a read gives up
 _S3_MISSING = ("404", "NoSuchKey", "NoSuchBucket")
 
 
 def _s3_call(path: str, call):
-    """``call(client, bucket, key)``, waited out through an S3 outage; a missing object raises
-    ``FileNotFoundError`` at once, an outage longer than ``S3_OUTAGE_WAIT_S`` :class:`StorageUnreachable`."""
+    """``call(client, bucket, key)``; a missing object (or no credentials) raises
+    ``FileNotFoundError``, a store that does not answer :class:`StorageUnreachable`."""
     from botocore.exceptions import ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     from shards.s3 import describe
 
     bucket, key = parse_s3_url(path)
-    deadline, pause = time.monotonic() + S3_OUTAGE_WAIT_S, 0.5
-    while True:
-        try:
-            return call(_s3_client(), bucket, key)
-        except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            if code in _S3_MISSING or status == 404:
-                raise FileNotFoundError(describe(err, path)) from None
-            if status < 500 or time.monotonic() > deadline:
-                raise (StorageUnreachable if status >= 500 else FileNotFoundError)(describe(err, path)) from None
-        except (BotoConnectionError, HTTPClientError) as err:  # refused, reset, timed out
-            if time.monotonic() > deadline:
-                raise StorageUnreachable(f"{describe(err, path)} for {S3_OUTAGE_WAIT_S:.0f} s") from None
-        except Exception as err:  # no credentials, a bad URL: waiting will not help
-            raise FileNotFoundError(describe(err, path)) from None
-        time.sleep(pause)
-        pause = min(pause * 2, 5.0)
+    try:
+        return call(_s3_client(), bucket, key)
+    except ClientError as err:
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        unreachable = status >= 500 and code not in _S3_MISSING
+        raise (StorageUnreachable if unreachable else FileNotFoundError)(describe(err, path)) from None
+    except (BotoConnectionError, HTTPClientError) as err:  # refused, reset, timed out
+        raise StorageUnreachable(describe(err, path)) from None
+    except Exception as err:  # no credentials, a bad URL: "cannot read it"
+        raise FileNotFoundError(describe(err, path)) from None
 
 
 def read_bytes(path: str, offset: int = 0, size: int | None = None) -> bytes:
@@ -121,6 +112,8 @@ def load_manifest(spec: str) -> tuple[dict[str, Any], str]:
         why = f" ({err})" if is_s3(spec) else ""
         raise ShardError(f"shards {spec}: no {MANIFEST_NAME} found at {manifest_path}{why}; "
                          "build the set with `python -m shards.build ... --out DIR`") from None
+    except StorageUnreachable as err:
+        raise StorageUnreachable(f"shards {spec}: {err}") from None
     except json.JSONDecodeError as err:
         raise ShardError(f"shards {spec}: {manifest_path} is not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):

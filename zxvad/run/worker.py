@@ -20,6 +20,7 @@ from zxvad import names, serving
 from zxvad.tracking.logger import RunLogger, log_evaluation
 from zxvad.config import Config
 from zxvad.data import ClipLoader, DonorLoader, ShardError, verify_shard_set
+from zxvad.data.shardset import StorageUnreachable
 from zxvad.ddp import unwrap, wrap_trained
 from zxvad.feeding import StepTimer, device_sync
 from zxvad.resources import peak_rss_mb
@@ -61,16 +62,28 @@ class Progress:
         return f"step {step}/{self.total} | {terms} | {rate:.2f} step/s | ETA {eta_text}"
 
 
-def shard_defect(inputs: Inputs) -> Exception | None:
+OUTAGE_WAIT_S = 60.0  # a worker waits this long for an unreachable store before Ray's retry
+
+
+def shard_defect(inputs: Inputs, wait_s: float = OUTAGE_WAIT_S) -> Exception | None:
     """The driver's cheap shard-set check, run again: the ShardError of a set damaged since the run
-    started, or None (the sets are sound, or cannot be reached now: an outage, worth a retry)."""
+    started, or None (the sets are sound, or cannot be reached: an outage, worth a retry). An
+    unreachable store is waited for up to ``wait_s``, so that Ray Train's retry finds it back."""
+    deadline, pause = time.monotonic() + wait_s, 1.0
     for spec, fraction in inputs.sets:
-        try:
-            verify_shard_set(spec, fraction)
-        except ShardError as err:
-            return err
-        except Exception:  # a storage outage: no verdict
-            return None
+        while True:
+            try:
+                verify_shard_set(spec, fraction)
+                break
+            except ShardError as err:
+                return err
+            except StorageUnreachable:
+                if time.monotonic() + pause > deadline:
+                    return None
+                time.sleep(pause)
+                pause = min(2 * pause, 8.0)
+            except Exception:  # anything else while reading: no verdict
+                return None
     return None
 
 
