@@ -44,7 +44,7 @@ demo: $(STAMP)
 # PYTHONFAULTHANDLER: a crash in a native library (DALI, Ray, torch) prints every thread's Python
 # stack, also after pytest's own fault handler is gone (interpreter shutdown).
 test: $(STAMP)
-	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PYTHONFAULTHANDLER=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db ray_results demo-out
