@@ -253,7 +253,7 @@ def per_target_markdown(table: Table) -> str:
                  "| " + " | ".join(["config", "G", *baselines, "gain", "runs"]) + " |",
                  "|" + "---|" * (len(baselines) + 4)]
         for row in table.rows:
-            label = ", ".join(f"{k}={v}" for k, v in row.label.items()) or "all runs"
+            label = ", ".join(f"{k}={v}" for k, v in row.label.items() if v != "") or "all runs"
             if target == "mean":  # the baselines' mean over the targets (their best differs)
                 cells = []
                 for b in baselines:
