@@ -1,6 +1,7 @@
 """Shared fixtures: the real clips folder and small helpers."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,6 @@ def pytest_unconfigure(config):
     """
     if _EXIT_STATUS is None or os.environ.get("ZXVAD_TEST_TEARDOWN") == "1":
         return
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_EXIT_STATUS)

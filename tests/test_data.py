@@ -351,17 +351,13 @@ def test_uniform_clip_frames_only_for_training_sets(train_set, test_set):
     assert uniform_clip_frames(check_shards(resolve_shards(str(test_set)), gpu=False)) == 0  # last clips are shorter
 
 
-class _FlakyS3:
-    """A boto3 client double: ``outages`` connection failures, then ``answer`` (an object or an error)."""
+class _FakeS3:
+    """A boto3 client double whose ``get_object`` returns ``answer`` (bytes) or raises it (an error)."""
 
-    def __init__(self, outages, answer):
-        self.outages, self.answer, self.calls = outages, answer, 0
+    def __init__(self, answer):
+        self.answer = answer
 
     def get_object(self, Bucket, Key, **extra):
-        self.calls += 1
-        if self.calls <= self.outages:
-            from botocore.exceptions import EndpointConnectionError
-            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
         if isinstance(self.answer, Exception):
             raise self.answer
         return {"Body": io.BytesIO(self.answer)}
@@ -376,19 +372,19 @@ def test_s3_reads_tell_an_outage_from_a_missing_object(monkeypatch):
     """A missing object or absent credentials are a bad shard set (ShardError: not retried); a
     store that does not answer is StorageUnreachable, not a ValueError, so Ray Train retries the run
     (a restarted S3 server was once reported as "no manifest.json" and the run stopped for good)."""
-    from botocore.exceptions import NoCredentialsError
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
     from zxvad.data import shardset
     from zxvad.run.launch import PERMANENT_ERRORS
 
-    monkeypatch.setattr(shardset, "_s3_client", lambda: _FlakyS3(0, b'{"shards": []}'))
+    monkeypatch.setattr(shardset, "_s3_client", lambda: _FakeS3(b'{"shards": []}'))
     assert shardset.load_manifest("s3://b/set")[0] == {"shards": []}
     for answer in (_client_error("NoSuchKey", 404), _client_error("403", 403), NoCredentialsError()):
-        monkeypatch.setattr(shardset, "_s3_client", lambda answer=answer: _FlakyS3(0, answer))
+        monkeypatch.setattr(shardset, "_s3_client", lambda answer=answer: _FakeS3(answer))
         with pytest.raises(ShardError, match="no manifest.json found"):
             shardset.load_manifest("s3://b/set")
-    for flaky in (_FlakyS3(1, b""), _FlakyS3(0, _client_error("InternalError", 503))):
-        monkeypatch.setattr(shardset, "_s3_client", lambda flaky=flaky: flaky)
+    for outage in (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), _client_error("InternalError", 503)):
+        monkeypatch.setattr(shardset, "_s3_client", lambda outage=outage: _FakeS3(outage))
         with pytest.raises(shardset.StorageUnreachable, match="shards s3://b/set: .*(cannot reach S3|InternalError)") as caught:
             shardset.load_manifest("s3://b/set")
         assert not isinstance(caught.value, PERMANENT_ERRORS)

@@ -51,9 +51,6 @@ class StorageUnreachable(ConnectionError):
     unlike a missing object (``FileNotFoundError``) or a bad set (:class:`ShardError`)."""
 
 
-_S3_MISSING = ("404", "NoSuchKey", "NoSuchBucket")
-
-
 def _s3_call(path: str, call):
     """``call(client, bucket, key)``; a missing object (or no credentials) raises
     ``FileNotFoundError``, a store that does not answer :class:`StorageUnreachable`."""
@@ -67,9 +64,7 @@ def _s3_call(path: str, call):
         return call(_s3_client(), bucket, key)
     except ClientError as err:
         status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        unreachable = status >= 500 and code not in _S3_MISSING
-        raise (StorageUnreachable if unreachable else FileNotFoundError)(describe(err, path)) from None
+        raise (StorageUnreachable if status >= 500 else FileNotFoundError)(describe(err, path)) from None
     except (BotoConnectionError, HTTPClientError) as err:  # refused, reset, timed out
         raise StorageUnreachable(describe(err, path)) from None
     except Exception as err:  # no credentials, a bad URL: "cannot read it"
