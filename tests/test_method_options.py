@@ -135,6 +135,9 @@ def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp
     assert ids and set(ids) == set(rescored["per_video"]["linear"])
     defined = [a for a in rescored["per_video"]["G"].values() if a == a]  # NaN: a video of one class
     assert rescored["G"]["macro"] == pytest.approx(sum(defined) / len(defined))
+    for name in ("G", "copy_last"):  # the papers' AUC taken apart by kind of pair adds back up
+        assert rescored["pairs"][name]["all"]["auc"] == pytest.approx(rescored[name]["micro_minmax"])
+        assert all(0 <= m <= 1 for m in rescored["median_minmax_score"][name].values())
     for protocol in ("micro_minmax", "micro_raw", "macro"):  # the same weights score the same
         assert rescored["G"][protocol] == pytest.approx(trained["final"]["G"][protocol])
         best = max(rescored[b + s][protocol] for b in ("copy_last", "mean_T", "linear") for s in ("", "_patch"))

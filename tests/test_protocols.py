@@ -75,3 +75,30 @@ def test_clean_starts_drop_windows_with_a_duplicate_or_a_cut():
     # windows of 3 frames start at 0..7; those holding step 4 (starts 3, 4) or steps 7, 8 (6, 7) go
     assert ok.tolist() == [True, True, True, False, False, True, False, False]
     assert clean_starts(steps, window=20).size == 0
+
+
+def test_pair_decomposition_by_hand_and_against_the_pooled_auc():
+    # a: normals 40, 39 dB (min-max scores 0, 1/20), abnormal 20 dB (score 1)
+    # b: all abnormal 30, 25, 35 dB -> scores 0.5, 1, 0: its 35 dB frame ranks below a's normals
+    good = video("a", [40, 39, 20], [0, 0, 1])
+    all_abnormal = video("b", [30, 25, 35], [1, 1, 1])
+    parts = scoring.pair_decomposition([good, all_abnormal], T)
+    assert parts["within_video"] == {"auc": 1.0, "share": pytest.approx(2 / 8)}
+    # b's 3 frames against a's 2 normals: 0.5 > both, 1 > both, 0 = one (tie, 1/2) and < other
+    assert parts["across_single_class"]["auc"] == pytest.approx(4.5 / 6)
+    assert parts["across_single_class"]["share"] == pytest.approx(6 / 8)
+    assert np.isnan(parts["across_mixed"]["auc"]) and parts["across_mixed"]["share"] == 0
+    assert parts["all"]["auc"] == pytest.approx(6.5 / 8)
+    assert parts["all"]["auc"] == pytest.approx(scoring.protocol_auc([good, all_abnormal], T, "micro_minmax"))
+
+
+def test_pair_decomposition_adds_up_on_random_videos():
+    rng = np.random.default_rng(0)
+    videos = [video(str(k), rng.normal(30, 3, 12), rng.integers(0, 2, 12).tolist()) for k in range(4)]
+    videos.append(video("x", rng.normal(30, 3, 9), [1] * 9))
+    for protocol in ("micro_minmax", "micro_raw"):
+        parts = scoring.pair_decomposition(videos, T, protocol)
+        assert sum(parts[k]["share"] for k in scoring.PAIR_KINDS) == pytest.approx(1.0)
+        assert sum(parts[k]["auc"] * parts[k]["share"] for k in scoring.PAIR_KINDS) == pytest.approx(
+            parts["all"]["auc"])
+        assert parts["all"]["auc"] == pytest.approx(scoring.protocol_auc(videos, T, protocol))

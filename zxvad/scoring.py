@@ -256,3 +256,40 @@ def all_protocols(videos: list[VideoResult], T: int, sigma: float = 0.0) -> dict
     out = {p: protocol_auc(videos, T, p, sigma) for p in PROTOCOLS}
     out["aupr"], out["eer"] = pooled_aupr_eer(videos, T, sigma)
     return out
+
+
+# Pairs of a pooled AUC, by where their two frames come from (see pair_decomposition).
+PAIR_KINDS = ("within_video", "across_mixed", "across_single_class")
+
+
+def pair_decomposition(videos: list[VideoResult], T: int, protocol: str = "micro_minmax"
+                       ) -> dict[str, dict[str, float]]:
+    """A pooled AUC taken apart by the kind of (normal, abnormal) pair it averages over.
+
+    The pooled AUC is the share of (normal frame, abnormal frame) pairs that the scores put in
+    the right order (ties count one half), over every such pair of the pooled frames. Each pair
+    is one of :data:`PAIR_KINDS`: both frames of one video (``within_video``: what the macro AUC
+    measures, weighted by pairs); the abnormal frame from another video that also holds normal
+    frames (``across_mixed``); or from a video of abnormal frames only (``across_single_class``,
+    Ped2's 08-11, whose per-video min-max spreads them over the whole range whatever the
+    predictor). Returns ``{kind: {"auc", "share"}}`` plus ``"all"`` (the pooled AUC itself,
+    share 1); a kind without pairs reads NaN with share 0.
+    """
+    per_video = protocol_scores(videos, T, protocol)
+    single = [len(np.unique(y)) == 1 for _, y in per_video]
+    normal = [(k, s[y == 0]) for k, (s, y) in enumerate(per_video) if (y == 0).any()]
+    abnormal = [(k, s[y == 1]) for k, (s, y) in enumerate(per_video) if (y == 1).any()]
+    right = dict.fromkeys(("all", *PAIR_KINDS), 0.0)
+    count = dict.fromkeys(("all", *PAIR_KINDS), 0)
+    for kn, sn in normal:
+        for ka, sa in abnormal:
+            kind = ("within_video" if ka == kn else
+                    "across_single_class" if single[ka] else "across_mixed")
+            order = sa[None, :] - sn[:, None]
+            hits = float((order > 0).sum() + 0.5 * (order == 0).sum())
+            for key in ("all", kind):
+                right[key] += hits
+                count[key] += order.size
+    total = count["all"]
+    return {key: {"auc": right[key] / count[key] if count[key] else float("nan"),
+                  "share": count[key] / total if total else 0.0} for key in right}

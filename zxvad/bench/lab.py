@@ -202,6 +202,10 @@ def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int 
         figures["mixed_videos"] = {name: scoring.protocol_auc(
             [r for r in results if len(set(np.asarray(r.labels)[T:].tolist())) == 2], T, "micro_minmax")
             for name, results in psnrs.items()}
+        figures["pairs"] = {name: scoring.pair_decomposition(results, T) for name, results in psnrs.items()}
+        # where a video's frames sit between its own extremes (median of the min-max score)
+        figures["median_minmax_score"] = {name: {r.video_id: float(np.median(scoring.normalize_scores(r.psnr)))
+                                                 for r in results} for name, results in psnrs.items()}
     if patch:
         rivals = [*scoring.BASELINES, *(b + "_patch" for b in scoring.BASELINES)]
         figures["gain_patch"] = {p: figures["G_patch"][p] - max(figures[b][p] for b in rivals)
@@ -360,7 +364,7 @@ def run(args) -> dict:
         state.G.load_state_dict(torch.load(args.rescore, map_location=device))
         fig = evaluate(state.G, test, T, device, patch=args.patch, detail=True)
         print(_line(-1, 0.0, fig), flush=True)
-        keys = [k for k in fig if not k.startswith("gain") and k not in ("per_video", "mixed_videos")]
+        keys = [k for k in fig if not k.startswith("gain") and k not in ("per_video", "mixed_videos", "pairs", "median_minmax_score")]
         for p in scoring.PROTOCOLS:
             print(f"  {p}: " + "  ".join(f"{k} {100 * fig[k][p]:.2f}" for k in keys)
                   + "  " + "  ".join(f"{k} {100 * fig[k][p]:+.2f}" for k in fig if k.startswith("gain")), flush=True)
@@ -371,6 +375,11 @@ def run(args) -> dict:
             print("  " + vid.ljust(8) + "".join(
                 ("-" if np.isnan(per[k][vid]) else f"{100 * per[k][vid]:.2f}").rjust(18) for k in per))
         print("  " + "mixed".ljust(8) + "".join(f"{100 * fig['mixed_videos'][k]:.2f}".rjust(18) for k in per))
+        print("  the papers' AUC by kind of (normal, abnormal) pair, AUC % (share of pairs %):")
+        for kind in ("all", *scoring.PAIR_KINDS):
+            print("  " + kind.ljust(20) + "".join(
+                f"{100 * fig['pairs'][k][kind]['auc']:.2f} ({100 * fig['pairs'][k][kind]['share']:.0f})".rjust(18)
+                for k in per), flush=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         from shards.storage import atomic_write
