@@ -17,6 +17,8 @@ install: $(STAMP)
 
 DEMO := demo-out
 DEMO_SIZE := 64x64
+# the frame side G trains and scores at follows the shards' (make demo DEMO_SIZE=128x128)
+DEMO_SIDE = $(firstword $(subst x, ,$(DEMO_SIZE)))
 # UCSD Ped2 (frames + ped2.mat, as Liu et al. lay it out): the demo's real anomalies, all 12 test videos
 PED2 ?= $(or $(ZXVAD_PED2),../shared/data/ped2-dev)
 
@@ -39,7 +41,7 @@ demo: $(STAMP)
 	  $(BIN)/python -m shards.build ped2 --root $(PED2) --out $(DEMO)/shards/ped2 --split test --size $(DEMO_SIZE) --workers 2 || exit 1; \
 	  targets="ped2: $(DEMO)/shards/ped2, $$targets"; \
 	else echo "note: UCSD Ped2 not found at $(PED2) (make demo PED2=DIR): the demo runs without target ped2"; fi; \
-	$(BIN)/python -m zxvad.train --config demo --set "eval.targets={$$targets}" $(DEMO_ARGS)
+	$(BIN)/python -m zxvad.train --config demo --set "eval.targets={$$targets}" --set model.image_size=$(DEMO_SIDE) $(DEMO_ARGS)
 
 # PYTHONFAULTHANDLER: a crash in a native library (DALI, Ray, torch) prints every thread's Python
 # stack, also after pytest's own fault handler is gone (interpreter shutdown).
