@@ -152,6 +152,10 @@ def window_index(videos: list[dict], window: int, clean: bool) -> tuple[list[tup
 # ------------------------------------------------------------------------------- evaluation
 
 
+# What evaluate(detail=True) adds beside the predictors' figures (per video, by kind of pair)
+DETAIL_KEYS = ("per_video", "mixed_videos", "pairs", "median_minmax_score")
+
+
 def evaluate(G, videos: list[dict], T: int, device, batch: int = 32, patch: int = 0,
              detail: bool = False) -> dict:
     """G and each trivial baseline under every protocol, on every scorable frame of ``videos``.
@@ -364,7 +368,7 @@ def run(args) -> dict:
         state.G.load_state_dict(torch.load(args.rescore, map_location=device))
         fig = evaluate(state.G, test, T, device, patch=args.patch, detail=True)
         print(_line(-1, 0.0, fig), flush=True)
-        keys = [k for k in fig if not k.startswith("gain") and k not in ("per_video", "mixed_videos", "pairs", "median_minmax_score")]
+        keys = [k for k in fig if not k.startswith("gain") and k not in DETAIL_KEYS]
         for p in scoring.PROTOCOLS:
             print(f"  {p}: " + "  ".join(f"{k} {100 * fig[k][p]:.2f}" for k in keys)
                   + "  " + "  ".join(f"{k} {100 * fig[k][p]:+.2f}" for k in fig if k.startswith("gain")), flush=True)
