@@ -103,6 +103,22 @@ def test_k_slope_is_how_much_n_rewards_exaggerating_gs_change():
         ((last + 0.1).clamp(-1, 1) - clips[:, 4]).mean().item(), abs=1e-5)
 
 
+def _run(steps_and_gains):
+    return {"evaluations": [{"step": s, "gain": {"macro": g}} for s, g in steps_and_gains]}
+
+
+def test_curve_points_keep_the_final_evaluation_of_runs_stopped_at_different_steps():
+    # --minutes stopped one seed at step 1884 and the other at 1950: the shared steps, then
+    # each run's final evaluation at the mean of their final steps
+    runs = [_run([(650, 0.01), (1300, 0.02), (1950, 0.03)]), _run([(650, 0.03), (1300, 0.00), (1884, -0.01)])]
+    steps, gains = lab.curve_points(runs, "macro")
+    assert steps == [650, 1300, 1917]
+    assert gains.ravel().tolist() == pytest.approx([1.0, 2.0, 3.0, 3.0, 0.0, -1.0])
+    # runs that all ended on a shared step gain no extra point
+    steps, gains = lab.curve_points([runs[0], _run([(650, 0.0), (1300, 0.0), (1950, 0.05)])], "macro")
+    assert steps == [650, 1300, 1950] and gains[1, 2] == pytest.approx(5.0)
+
+
 @pytest.mark.slow
 def test_lab_scores_ped2_layout_under_every_protocol_and_starts_at_copy_last(tmp_path, capsys):
     write_ped_frames(tmp_path)

@@ -241,11 +241,26 @@ def at_step(result: dict, step: int | None) -> dict:
             "evaluations": [e for e in result["evaluations"] if e["step"] <= step]}
 
 
+def curve_points(results: list[dict], protocol: str) -> tuple[list[int], np.ndarray]:
+    """The steps every run evaluated, and each run's gain (points) there under ``protocol``. Runs
+    that ``--minutes`` stopped at different steps add one more point: each run's final evaluation,
+    drawn at the mean of their final steps."""
+    import numpy as np
+
+    steps = sorted(set.intersection(*({e["step"] for e in r["evaluations"]} for r in results)))
+    evals = [[next(e for e in r["evaluations"] if e["step"] == s) for s in steps] for r in results]
+    finals = [r["evaluations"][-1] for r in results]
+    if not steps or any(f["step"] > steps[-1] for f in finals):
+        steps.append(round(float(np.mean([f["step"] for f in finals]))))
+        evals = [run + [final] for run, final in zip(evals, finals)]
+    return steps, np.array([[100 * e["gain"][protocol] for e in run] for run in evals])
+
+
 def summarise(paths: list[str], step: int | None = None, plot: str | None = None) -> dict:
     """Mean and std over seeds of the final evaluation (or the one at ``step``) of lab result
     files, grouped by (source, overrides); one table per protocol, printed and returned.
-    ``plot``: a PNG of each group's gain against steps (the steps every run of it evaluated),
-    mean ± std over seeds, one panel per protocol."""
+    ``plot``: a PNG of each group's gain against steps (``curve_points``), mean ± std over seeds,
+    one panel per protocol."""
     import numpy as np
 
     from zxvad import scoring
@@ -278,9 +293,7 @@ def summarise(paths: list[str], step: int | None = None, plot: str | None = None
         curves = {}
         for p in scoring.PROTOCOLS:
             for (source, overrides), results in groups.items():
-                steps = sorted(set.intersection(*({e["step"] for e in r["evaluations"]} for r in results)))
-                gains = np.array([[100 * next(e for e in r["evaluations"] if e["step"] == s)["gain"][p]
-                                   for s in steps] for r in results])
+                steps, gains = curve_points(results, p)
                 ddof = 1 if len(results) > 1 else 0
                 curves.setdefault(scoring.PROTOCOL_TITLES[p].split(" (")[0], {})[
                     f"{source} {overrides} ({len(results)} seeds)"] = (
